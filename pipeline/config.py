@@ -1,0 +1,256 @@
+"""Typed run configuration: the YAML file and the CLI load into these same objects.
+
+Every field carries a description; `pipeline.cli` turns each field into a `--flag` with that description
+as its help text, so the CLI, the YAML schema and this module cannot drift apart. Field names are unique
+across sections for exactly that reason (a flag is named after its field).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.tasks import parse_task_list
+
+VIDEO_GLOBS = ["*.mp4", "*.mov", "*.mkv", "*.webm", "*.avi", "*.m4v", "*.mpg", "*.mpeg", "*.ts"]
+
+
+class ConfigError(ValueError):
+    """Bad configuration: raised at start-up with a message that says how to fix it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Section):
+    input: str = Field(
+        "",
+        description="Where the videos are: a local folder or file, file://, s3://BUCKET/PREFIX, or any fsspec URL.",
+    )
+    include: list[str] = Field(
+        default_factory=lambda: list(VIDEO_GLOBS),
+        description="Glob patterns (on the file name or the path below --input) a video must match.",
+    )
+    exclude: list[str] = Field(
+        default_factory=list, description="Glob patterns that remove videos matched by --include."
+    )
+    max_videos: int | None = Field(
+        None, ge=1, description="Process at most this many videos (in listing order); unset for all."
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="S3-compatible endpoint (e.g. http://127.0.0.1:8333); defaults to AWS_ENDPOINT_URL or AWS.",
+    )
+
+
+class SamplingConfig(_Section):
+    sampling_mode: Literal["native", "uniform_last_frame"] = Field(
+        "native",
+        description=(
+            "Frame sampling policy: 'native' = Molmo2's transformers processor (evenly spaced frame indices); "
+            "'uniform_last_frame' = the original Molmo2 code (evenly spaced times that include the last frame)."
+        ),
+    )
+    num_frames: int = Field(64, ge=1, le=1024, description="At most this many frames per window.")
+    max_fps: float = Field(2.0, gt=0, description="At most this many sampled frames per second of video.")
+
+
+class WindowConfig(_Section):
+    window_s: float = Field(
+        60.0, gt=0, description="Window length in seconds: longer videos are cut into windows of this length."
+    )
+    overlap_s: float = Field(
+        5.0, ge=0, description="Seconds shared by consecutive windows (tracks are stitched across it)."
+    )
+
+    @model_validator(mode="after")
+    def _overlap_below_length(self) -> WindowConfig:
+        if self.overlap_s >= self.window_s:
+            raise ValueError(
+                f"overlap_s ({self.overlap_s}) must be smaller than window_s ({self.window_s}); "
+                "lower --overlap-s or raise --window-s"
+            )
+        return self
+
+
+class DecodeConfig(_Section):
+    decode_num_cpus: float = Field(1.0, gt=0, description="CPUs Ray reserves for each decode task.")
+    decode_concurrency: int = Field(
+        2, ge=1, description="How many decode tasks may run at once (the decode stage's own concurrency)."
+    )
+    frame_size: int | None = Field(
+        None,
+        ge=14,
+        description="Side of the square frames handed to the model, in pixels; unset reads it from the model's processor.",
+    )
+    decoder: Literal["decord", "pyav"] = Field(
+        "decord", description="Preferred decoder; the other one is the fallback when it fails."
+    )
+    decode_threads: int = Field(
+        0, ge=0, description="Decoder threads per video (0 lets the decoder choose)."
+    )
+    decode_timeout_s: float = Field(
+        600.0, gt=0, description="Give up decoding one video after this many seconds (an error row)."
+    )
+    max_video_bytes: int = Field(
+        20 * 1024**3, ge=1, description="Videos larger than this many bytes are refused with an error row."
+    )
+
+
+class ModelConfig(_Section):
+    model: str = Field(
+        "allenai/Molmo2-8B",
+        description=(
+            "Molmo2 checkpoint: a Hub id (allenai/Molmo2-8B, allenai/Molmo2-4B, allenai/Molmo2-O-7B), "
+            "a local directory, or an s3:// prefix copied to local disk once per node."
+        ),
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of --model.")
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="'auto' uses the GPU Ray assigned to the actor, else the CPU."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="'auto' is bfloat16 on CUDA and float32 on CPU."
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel passed to transformers."
+    )
+    num_gpus_per_actor: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs per model actor; unset means 1 when the cluster has GPUs, else 0 (CPU).",
+    )
+    model_num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for each model actor.")
+    num_model_actors: int | None = Field(
+        None,
+        ge=1,
+        description="Model actors (one Molmo2 each); unset means one per GPU, or 1 without GPUs.",
+    )
+    batch_size: int = Field(
+        4, ge=1, description="Windows handed to one model actor call (batched in one generate where possible)."
+    )
+    max_new_tokens: int = Field(
+        256, ge=1, description="Generation limit per answer; answers that hit it are marked truncated."
+    )
+    model_cache_dir: str | None = Field(
+        None,
+        description="Local directory for weights copied from s3:// (default: ~/.cache/molmo-batch/models).",
+    )
+
+
+class TasksConfig(_Section):
+    tasks: list[str] = Field(
+        default_factory=lambda: ["caption"],
+        description=(
+            "Comma-separated tasks: caption, count:<noun>, point:<noun>, track:<noun>, ask:<question>."
+        ),
+    )
+    prompt_templates: dict[str, str] = Field(
+        default_factory=dict,
+        description="Override a task's prompt template (keys: caption, count, point, track; '{noun}' is filled in).",
+    )
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [t for t in (s.strip() for s in value.split(",")) if t]
+        return value
+
+    @field_validator("tasks")
+    @classmethod
+    def _valid(cls, value: list[str]) -> list[str]:
+        parse_task_list(value)  # raises ValueError with a fix-it message
+        return value
+
+
+class OutputConfig(_Section):
+    output: str = Field("", description="Where the Parquet tables go: a local folder, file://, s3://BUCKET/PREFIX.")
+    run_id: str | None = Field(None, description="Run identifier written on every row (default: generated).")
+    flush_videos: int = Field(
+        64, ge=1, description="Write a Parquet part after this many finished videos (and at the end)."
+    )
+
+
+class RayConfig(_Section):
+    address: str | None = Field(
+        None, description="Ray cluster to join (or RAY_ADDRESS); unset starts an embedded local Ray."
+    )
+    ray_num_cpus: int | None = Field(
+        None, ge=1, description="Logical CPUs of the embedded local Ray (default: the machine's cores, at least 4)."
+    )
+    progress: Literal["auto", "on", "off"] = Field(
+        "auto", description="Progress display: 'auto' shows it only on a terminal."
+    )
+
+
+class RunConfig(BaseModel):
+    """Everything one run needs; YAML sections map to these attributes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    window: WindowConfig = Field(default_factory=WindowConfig)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    tasks: TasksConfig = Field(default_factory=TasksConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    def check_ready(self) -> None:
+        """Checks that need every section; raise ConfigError with a fix-it message."""
+        if not self.source.input:
+            raise ConfigError("no input: pass --input URL (a folder, file://, s3://...) or set source.input in YAML")
+        if not self.output.output:
+            raise ConfigError("no output: pass --output URL or set output.output in YAML")
+        tokens_per_frame = 81  # 378 px, 14 px patches, 3x3 pooling; informative only
+        if self.sampling.num_frames * tokens_per_frame > 36_000:
+            raise ConfigError(
+                f"num_frames={self.sampling.num_frames} needs ~{self.sampling.num_frames * tokens_per_frame} "
+                "visual tokens, over Molmo2's 36,864-token context: lower --num-frames (<= 384)"
+            )
+
+    def public_dict(self) -> dict[str, Any]:
+        """The config as plain data, safe to log and to write into the runs table (no secrets live here)."""
+        return self.model_dump(mode="json")
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    name: field.annotation  # type: ignore[misc]
+    for name, field in RunConfig.model_fields.items()
+}
+
+
+def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML config file into nested plain data (sections -> fields)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    with p.open() as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of sections (source:, model:, ...)")
+    return data
+
+
+def build_config(nested: dict[str, Any]) -> RunConfig:
+    """Validate nested data into a RunConfig, turning pydantic errors into one readable ConfigError."""
+    try:
+        return RunConfig.model_validate(nested)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                section = SECTIONS.get(str(err["loc"][0])) if len(err["loc"]) > 1 else None
+                valid = sorted(section.model_fields) if section else sorted(SECTIONS)
+                msg = f"unknown setting (check the spelling); valid here: {', '.join(valid)}"
+            lines.append(f"  {where}: {msg}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

@@ -1,0 +1,408 @@
+"""Inference stage: `Molmo2Host`, a Ray Data actor that hosts one Molmo2 and answers every task of
+every window it is given.
+
+The model loads once, in the actor's constructor, through `AutoProcessor` /
+`AutoModelForImageTextToText` exactly as for `allenai/Molmo2-8B` (bf16 on the GPU Ray assigned to the
+actor; fp32 on CPU). Two generation paths:
+
+- one question per window: windows (of any videos) are batched into one left-padded `generate`;
+- several questions per window: the visual prefix (everything up to and including the video, which
+  Molmo2 puts first) is prefilled once, and the KV cache is branched per question, all questions
+  decoding as one batch. Greedy answers equal the unshared path token for token (tested).
+
+An out-of-memory error splits the batch and retries; what still fails becomes error rows. Nothing here
+raises on a bad window: errors are rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.tasks import Task
+
+PASSTHROUGH = (
+    "video_id",
+    "uri",
+    "size_bytes",
+    "duration_s",
+    "fps",
+    "width",
+    "height",
+    "codec",
+    "rotation",
+    "num_windows",
+    "window_index",
+    "t_start",
+    "t_end",
+    "frame_times",
+    "decoder",
+    "decode_status",
+    "error_stage",
+    "error_type",
+    "error_message",
+)
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """What the model host needs from the run config (small and picklable)."""
+
+    model: str
+    tasks: tuple[Task, ...]
+    revision: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    attn_implementation: str = "sdpa"
+    max_new_tokens: int = 256
+    prefix_reuse: bool = True
+    cache_dir: str | None = None
+    endpoint_url: str | None = None
+
+
+@dataclass
+class Answer:
+    text: str
+    prompt_tokens: int
+    generated_tokens: int
+    hit_max_new_tokens: bool
+    latency_s: float
+    error_type: str | None = None
+    error_message: str | None = None
+
+
+@dataclass
+class WindowInput:
+    frames: np.ndarray  # (T, S, S, 3) uint8, upright
+    frame_times: np.ndarray  # absolute seconds
+    t_start: float
+    fps: float
+
+
+def pick_device(requested: str) -> str:
+    """The device this actor should use: the GPU Ray gave it, else the CPU."""
+    import torch
+
+    if requested == "cpu":
+        return "cpu"
+    gpu_ids: list[Any] = []
+    try:
+        import ray
+
+        if ray.is_initialized():
+            gpu_ids = list(ray.get_gpu_ids())
+    except Exception:
+        gpu_ids = []
+    has_cuda = torch.cuda.is_available()
+    if requested == "cuda":
+        if not has_cuda:
+            raise RuntimeError("device=cuda but no CUDA device is visible to this actor")
+        return "cuda"
+    # auto: a logical GPU without a physical one (tests, mis-declared nodes) still runs on the CPU
+    return "cuda" if has_cuda and (gpu_ids or not _in_ray_worker()) else "cpu"
+
+
+def _in_ray_worker() -> bool:
+    try:
+        import ray
+
+        return bool(ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE)
+    except Exception:
+        return False
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class Molmo2Engine:
+    """The model and the two generation paths, independent of Ray (usable in a notebook or Serve)."""
+
+    def __init__(self, settings: HostSettings) -> None:
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        from pipeline.model_store import resolve_model_path
+
+        self.settings = settings
+        self.device = pick_device(settings.device)
+        if settings.dtype == "auto":
+            dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        else:
+            dtype = getattr(torch, settings.dtype)
+        path = resolve_model_path(settings.model, cache_dir=settings.cache_dir, endpoint_url=settings.endpoint_url)
+        kwargs: dict[str, Any] = {"revision": settings.revision} if settings.revision else {}
+        self.processor = AutoProcessor.from_pretrained(path, **kwargs)
+        self.processor.tokenizer.padding_side = "left"
+        self.model = AutoModelForImageTextToText.from_pretrained(
+            path, dtype=dtype, attn_implementation=settings.attn_implementation, **kwargs
+        )
+        self.model.to(self.device)
+        self.model.eval()
+        self.tokenizer = self.processor.tokenizer
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.eos_ids = self._eos_ids()
+        self._prefix_text, self._suffix_tail = self._split_template()
+
+    # -- prompts -------------------------------------------------------------------------------
+
+    def _eos_ids(self) -> set[int]:
+        ids = set()
+        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        for value in (gen_eos, self.tokenizer.eos_token_id):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(int(v) for v in value)
+        return ids
+
+    def chat_text(self, question: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+        return str(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+
+    def _split_template(self) -> tuple[str, str]:
+        """Split the chat prompt at the question: (text up to and including the video, text after it)."""
+        sentinel = "\u2063QUESTION\u2063"
+        full = self.chat_text(sentinel)
+        head, sep, tail = full.partition(sentinel)
+        if not sep:
+            raise RuntimeError("chat template does not carry the question text verbatim; prefix reuse impossible")
+        return head, tail
+
+    @staticmethod
+    def _metadata(window: WindowInput) -> dict[str, Any]:
+        # Times relative to the window start go into the prompt (that is the clip the model sees);
+        # frames_indices / fps = those times, the form the processor turns into "t.t" labels.
+        rel = np.asarray(window.frame_times, dtype=np.float64) - window.t_start
+        fps = float(window.fps) if window.fps and window.fps > 0 else 1.0
+        return {
+            "total_num_frames": int(len(rel)),
+            "fps": fps,
+            "duration": float(rel[-1] + 1.0 / fps) if len(rel) else 0.0,
+            "width": int(window.frames.shape[2]),
+            "height": int(window.frames.shape[1]),
+            "frames_indices": (rel * fps).tolist(),
+        }
+
+    def _encode(self, texts: list[str], windows: Sequence[WindowInput]) -> Any:
+        return self.processor(
+            text=texts,
+            videos=[w.frames for w in windows],
+            video_metadata=[self._metadata(w) for w in windows],
+            do_sample_frames=False,
+            padding=True,
+            return_tensors="pt",
+        ).to(self.device)
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def _decode_outputs(self, sequences: Any, prompt_len: int, prompt_tokens: list[int], latency: float) -> list[Answer]:
+        answers = []
+        new = sequences[:, prompt_len:].tolist()
+        for row, n_prompt in zip(new, prompt_tokens, strict=True):
+            generated = []
+            ended = False
+            for tok in row:
+                if tok in self.eos_ids:
+                    ended = True
+                    break
+                generated.append(tok)
+            text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            hit = not ended and len(generated) >= self.settings.max_new_tokens
+            answers.append(Answer(text, n_prompt, len(generated), hit, latency))
+        return answers
+
+    def _gen_kwargs(self) -> dict[str, Any]:
+        return {
+            "max_new_tokens": self.settings.max_new_tokens,
+            "do_sample": False,
+            "pad_token_id": self.pad_id,
+        }
+
+    def answer_batch(self, windows: Sequence[WindowInput], prompts: Sequence[str]) -> list[Answer]:
+        """One prompt per window, all windows in one left-padded generate."""
+        import torch
+
+        texts = [self.chat_text(p) for p in prompts]
+        inputs = self._encode(texts, windows)
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **self._gen_kwargs())
+        latency = time.perf_counter() - start
+        return self._decode_outputs(out, inputs["input_ids"].shape[1], prompt_tokens, latency)
+
+    def answer_shared_prefix(self, window: WindowInput, prompts: Sequence[str]) -> list[Answer]:
+        """Several prompts on one window: prefill the visual prefix once, branch the KV cache per prompt."""
+        import torch
+
+        start = time.perf_counter()
+        prefix = self._encode([self._prefix_text], [window])
+        prefix_len = int(prefix["input_ids"].shape[1])
+        with torch.inference_mode():
+            out = self.model(**prefix, use_cache=True)
+        cache = out.past_key_values
+        suffix_ids = [
+            self.tokenizer(p + self._suffix_tail, add_special_tokens=False)["input_ids"] for p in prompts
+        ]
+        width = max(len(s) for s in suffix_ids)
+        k = len(prompts)
+        # Padding sits between the shared prefix and each suffix, masked out, so every row's prefix
+        # keeps the positions the cache was computed with.
+        ids = torch.full((k, prefix_len + width), self.pad_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros((k, prefix_len + width), dtype=torch.long, device=self.device)
+        ids[:, :prefix_len] = prefix["input_ids"][0]
+        mask[:, :prefix_len] = 1
+        for i, s in enumerate(suffix_ids):
+            ids[i, prefix_len + width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[i, prefix_len + width - len(s) :] = 1
+        branched = copy.deepcopy(cache)  # never reuse the prefix cache itself: generate mutates it
+        if k > 1:
+            branched.batch_repeat_interleave(k)
+        with torch.inference_mode():
+            seq = self.model.generate(
+                input_ids=ids, attention_mask=mask, past_key_values=branched, **self._gen_kwargs()
+            )
+        latency = time.perf_counter() - start
+        prompt_tokens = [prefix_len + len(s) for s in suffix_ids]
+        return self._decode_outputs(seq, prefix_len + width, prompt_tokens, latency)
+
+    def answer_windows(self, windows: Sequence[WindowInput], tasks: Sequence[Task]) -> list[list[Answer]]:
+        """Answers[i][j] for window i and task j, splitting the batch on out-of-memory errors."""
+        prompts = [t.prompt for t in tasks]
+        if len(prompts) == 1 or not self.settings.prefix_reuse:
+            flat_windows = [w for w in windows for _ in prompts]
+            flat_prompts = [p for _ in windows for p in prompts]
+            flat = self._with_oom_split(flat_windows, flat_prompts)
+            return [flat[i * len(prompts) : (i + 1) * len(prompts)] for i in range(len(windows))]
+        results = []
+        for w in windows:
+            try:
+                results.append(self.answer_shared_prefix(w, prompts))
+            except Exception as exc:
+                if not _is_oom(exc):
+                    raise
+                _free_memory()
+                # Fall back to one question at a time: the prefix alone may fit where K branches did not.
+                results.append(self._with_oom_split([w] * len(prompts), prompts))
+        return results
+
+    def _with_oom_split(self, windows: Sequence[WindowInput], prompts: Sequence[str]) -> list[Answer]:
+        try:
+            return self.answer_batch(windows, prompts)
+        except Exception as exc:
+            if not _is_oom(exc):
+                raise
+            _free_memory()
+            if len(windows) == 1:
+                return [Answer("", 0, 0, False, 0.0, type(exc).__name__, f"out of memory even alone: {exc}"[:2000])]
+            half = len(windows) // 2
+            return self._with_oom_split(windows[:half], prompts[:half]) + self._with_oom_split(
+                windows[half:], prompts[half:]
+            )
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class Molmo2Host:
+    """Ray Data actor: decoded windows in, one row per (window, task) out."""
+
+    def __init__(self, settings: HostSettings) -> None:
+        self.settings = settings
+        self.engine = Molmo2Engine(settings)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        n = len(batch["video_id"])
+        out: dict[str, list[Any]] = {k: [] for k in (*PASSTHROUGH, *RESULT_COLUMNS)}
+        todo = [i for i in range(n) if batch["decode_status"][i] != "failed" and len(batch["frames"][i]) > 0]
+        answers: dict[int, list[Answer]] = {}
+        if todo:
+            windows = [
+                WindowInput(
+                    frames=np.asarray(batch["frames"][i], dtype=np.uint8),
+                    frame_times=np.asarray(batch["frame_times"][i], dtype=np.float64),
+                    t_start=float(batch["t_start"][i]),
+                    fps=float(batch["fps"][i]),
+                )
+                for i in todo
+            ]
+            try:
+                per_window = self.engine.answer_windows(windows, self.settings.tasks)
+                answers = dict(zip(todo, per_window, strict=True))
+            except Exception as exc:  # a model-side failure fails these windows, not the job
+                msg = f"{type(exc).__name__}: {exc}"[:2000]
+                answers = {
+                    i: [Answer("", 0, 0, False, 0.0, type(exc).__name__, msg) for _ in self.settings.tasks]
+                    for i in todo
+                }
+        for i in range(n):
+            base = {k: _plain(batch[k][i]) for k in PASSTHROUGH}
+            if i not in answers:  # failed decode: pass its error through once
+                _append(out, base, {**dict.fromkeys(RESULT_COLUMNS), "frames_used": 0})
+                continue
+            for task, ans in zip(self.settings.tasks, answers[i], strict=True):
+                _append(
+                    out,
+                    base,
+                    {
+                        "task": task.kind,
+                        "query": task.query,
+                        "prompt": task.prompt,
+                        "answer": ans.text,
+                        "prompt_tokens": ans.prompt_tokens,
+                        "generated_tokens": ans.generated_tokens,
+                        "hit_max_new_tokens": ans.hit_max_new_tokens,
+                        "latency_s": ans.latency_s,
+                        "frames_used": int(len(batch["frame_times"][i])),
+                        "infer_error_type": ans.error_type,
+                        "infer_error_message": ans.error_message,
+                    },
+                )
+        return out
+
+
+RESULT_COLUMNS = (
+    "task",
+    "query",
+    "prompt",
+    "answer",
+    "prompt_tokens",
+    "generated_tokens",
+    "hit_max_new_tokens",
+    "latency_s",
+    "frames_used",
+    "infer_error_type",
+    "infer_error_message",
+)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _append(out: dict[str, list[Any]], base: dict[str, Any], result: dict[str, Any]) -> None:
+    for k, v in base.items():
+        out[k].append(v)
+    for k in RESULT_COLUMNS:
+        out[k].append(result.get(k))

@@ -1,0 +1,82 @@
+"""Typed config, YAML and CLI load into the same objects; bad config fails with a fix-it message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import build_parser, config_from_args, main
+from pipeline.config import SECTIONS, ConfigError, RunConfig, build_config
+from pipeline.tasks import build_tasks, parse_task
+
+
+def _cfg(argv: list[str]) -> RunConfig:
+    return config_from_args(build_parser().parse_args(["run", *argv]))
+
+
+def test_every_field_has_a_description_and_a_unique_flag() -> None:
+    seen: set[str] = set()
+    for model in SECTIONS.values():
+        for name, info in model.model_fields.items():
+            assert info.description, name
+            assert name not in seen, f"duplicate field name {name}"
+            seen.add(name)
+
+
+def test_run_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    for model in SECTIONS.values():
+        for name in model.model_fields:
+            assert "--" + name.replace("_", "-") in text
+
+
+def test_cli_and_yaml_give_the_same_config(tmp_path: Path) -> None:
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text(
+        "source: {input: s3://b/videos}\n"
+        "model: {model: allenai/Molmo2-4B, batch_size: 8}\n"
+        "tasks: {tasks: [caption, 'count:person']}\n"
+        "window: {window_s: 30, overlap_s: 3}\n"
+        "output: {output: /tmp/out}\n"
+    )
+    from_yaml = _cfg(["--config", str(yaml_file)])
+    from_cli = _cfg(
+        ["--input", "s3://b/videos", "--model", "allenai/Molmo2-4B", "--batch-size", "8",
+         "--tasks", "caption,count:person", "--window-s", "30", "--overlap-s", "3", "--output", "/tmp/out"]
+    )
+    assert from_yaml == from_cli
+    # flags override the file
+    assert _cfg(["--config", str(yaml_file), "--batch-size", "2"]).model.batch_size == 2
+
+
+def test_bad_values_fail_with_fix_it_messages() -> None:
+    with pytest.raises(ConfigError, match="overlap_s"):
+        _cfg(["--window-s", "5", "--overlap-s", "5"])
+    with pytest.raises(ConfigError, match="unknown task"):
+        _cfg(["--tasks", "summarize"])
+    with pytest.raises(ConfigError, match="needs an argument"):
+        _cfg(["--tasks", "count:"])
+    with pytest.raises(ConfigError, match="unknown setting.*batch_size"):
+        build_config({"model": {"modle": "x"}})
+    with pytest.raises(ConfigError, match="no input"):
+        build_config({}).check_ready()
+
+
+def test_main_returns_2_on_bad_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--input", "x", "--output", "y", "--window-s", "1", "--overlap-s", "2"]) == 2
+    assert "overlap_s" in capsys.readouterr().err
+
+
+def test_tasks_and_prompts() -> None:
+    tasks = build_tasks(["caption", "count:person", "point:cart", "track:person", "ask:Is it raining?", "count:person"])
+    assert [t.name for t in tasks] == ["caption", "count:person", "point:cart", "track:person", "ask:Is it raining?"]
+    assert tasks[1].prompt == "How many person are there?" or "person" in tasks[1].prompt
+    assert tasks[4].prompt == "Is it raining?"
+    custom = build_tasks(["count:cart"], {"count": "Count every {noun}."})
+    assert custom[0].prompt == "Count every cart."
+    with pytest.raises(ValueError, match="noun"):
+        build_tasks(["count:cart"], {"count": "Count."})
+    assert parse_task(" Track: person ") == ("track", "person")

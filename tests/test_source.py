@@ -1,0 +1,64 @@
+"""Listing and stable video ids."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import VIDEO_GLOBS
+from pipeline.source import SourceError, list_videos, make_video_id, object_version
+
+
+def _touch(p: Path, data: bytes = b"x") -> Path:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    return p
+
+
+def test_video_id_is_stable_and_depends_on_uri_and_version() -> None:
+    a = make_video_id("s3://b/k.mp4", "etag:abc")
+    assert a == make_video_id("s3://b/k.mp4", "etag:abc")
+    assert a != make_video_id("s3://b/k.mp4", "etag:abd")
+    assert a != make_video_id("s3://b/k2.mp4", "etag:abc")
+    assert len(a) == 20 and int(a, 16) >= 0
+
+
+def test_version_prefers_etag_then_size_mtime() -> None:
+    assert object_version({"ETag": '"abc"', "size": 3}) == "etag:abc"
+    assert object_version({"size": 3, "mtime": 12.5}) == "size:3:mtime:12.500000"
+
+
+def test_listing_filters_recurses_and_sorts(tmp_path: Path) -> None:
+    _touch(tmp_path / "b.mp4")
+    _touch(tmp_path / "sub" / "a.MOV")  # case matters for globs: not matched by *.mov
+    _touch(tmp_path / "sub" / "c.mov")
+    _touch(tmp_path / "notes.txt")
+    _touch(tmp_path / "skip" / "d.mp4")
+    refs = list_videos(str(tmp_path), include=VIDEO_GLOBS, exclude=["skip/*"])
+    assert [Path(r.uri).name for r in refs] == ["b.mp4", "c.mov"]
+    assert all(r.size_bytes == 1 for r in refs)
+
+
+def test_rerun_recognises_unchanged_and_changed_videos(tmp_path: Path) -> None:
+    p = _touch(tmp_path / "v.mp4", b"one")
+    first = list_videos(f"file://{tmp_path}", include=["*.mp4"])[0]
+    again = list_videos(str(tmp_path), include=["*.mp4"])[0]
+    assert first.video_id == again.video_id
+    p.write_bytes(b"changed!")
+    os.utime(p, (1_000_000, 1_000_000))
+    changed = list_videos(str(tmp_path), include=["*.mp4"])[0]
+    assert changed.video_id != first.video_id
+
+
+def test_single_file_input_and_max_videos(tmp_path: Path) -> None:
+    for n in "abc":
+        _touch(tmp_path / f"{n}.mp4")
+    assert len(list_videos(str(tmp_path / "b.mp4"), include=["*.mp4"])) == 1
+    assert len(list_videos(str(tmp_path), include=["*.mp4"], max_videos=2)) == 2
+
+
+def test_missing_input_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="does not exist"):
+        list_videos(str(tmp_path / "nope"), include=["*.mp4"])
