@@ -188,7 +188,7 @@ def print_tables(output: str, limit: int = 3) -> None:
 
     from pipeline.schemas import TABLES
 
-    con = duckdb.connect()
+    con: Any = duckdb.connect()
     for table in TABLES:
         folder = Path(output) / table
         if not folder.exists():

@@ -77,13 +77,16 @@ class VideoCollector:
             if p.error_row is None:
                 p.expected_windows = int(row["num_windows"])
         complete_windows = sum(1 for n in p.windows_seen.values() if n >= self.num_tasks)
-        if p.expected_windows is not None and complete_windows >= p.expected_windows:
-            # Without an error row, the window count on window rows is final; with one, it is the
-            # number that were emitted before the failure.
-            if p.error_row is not None or p.expected_windows > 0:
-                del self._pending[vid]
-                out = sorted(p.rows, key=lambda r: (int(r["window_index"]), str(r.get("task")), str(r.get("query"))))
-                return out + ([p.error_row] if p.error_row is not None else [])
+        # Without an error row, the window count on window rows is final; with one, it is the number
+        # of windows emitted before the failure.
+        if (
+            p.expected_windows is not None
+            and complete_windows >= p.expected_windows
+            and (p.error_row is not None or p.expected_windows > 0)
+        ):
+            del self._pending[vid]
+            out = sorted(p.rows, key=lambda r: (int(r["window_index"]), str(r.get("task")), str(r.get("query"))))
+            return out + ([p.error_row] if p.error_row is not None else [])
         return None
 
     def drain(self) -> dict[str, list[dict[str, Any]]]:

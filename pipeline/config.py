@@ -194,14 +194,14 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: SourceConfig = Field(default_factory=SourceConfig)
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    window: WindowConfig = Field(default_factory=WindowConfig)
-    decode: DecodeConfig = Field(default_factory=DecodeConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    tasks: TasksConfig = Field(default_factory=TasksConfig)
-    output: OutputConfig = Field(default_factory=OutputConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
+    source: SourceConfig = Field(default_factory=lambda: SourceConfig())
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig())
+    window: WindowConfig = Field(default_factory=lambda: WindowConfig())
+    decode: DecodeConfig = Field(default_factory=lambda: DecodeConfig())
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig())
+    tasks: TasksConfig = Field(default_factory=lambda: TasksConfig())
+    output: OutputConfig = Field(default_factory=lambda: OutputConfig())
+    ray: RayConfig = Field(default_factory=lambda: RayConfig())
 
     def check_ready(self) -> None:
         """Checks that need every section; raise ConfigError with a fix-it message."""

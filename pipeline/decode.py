@@ -132,7 +132,7 @@ def probe_video(path: str) -> VideoProbe:
         container.seek(0)
         try:
             for frame in container.decode(stream):
-                rotation = int(round(getattr(frame, "rotation", 0) or 0)) % 360
+                rotation = round(float(getattr(frame, "rotation", 0) or 0)) % 360
                 break
         except Exception as exc:
             raise DecodeError(f"first frame does not decode: {type(exc).__name__}: {exc}") from None
@@ -192,7 +192,7 @@ class _PyAVReader:
             stream.thread_type = "AUTO"
             if self._threads:
                 stream.codec_context.thread_count = self._threads
-            tb = float(stream.time_base)
+            tb = float(stream.time_base or 0)
             start = stream.start_time or 0
             target = int(wanted[0] / tb) + start if wanted else start
             container.seek(max(target, start), stream=stream, backward=True)

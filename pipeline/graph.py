@@ -69,7 +69,7 @@ def build_dataset(refs: list[VideoRef], decode: DecodeSettings, host: HostSettin
     import ray
 
     items = [r.as_row() for r in refs]
-    ds = ray.data.from_items(items, override_num_blocks=plan.input_blocks)
+    ds: Any = ray.data.from_items(items, override_num_blocks=plan.input_blocks)
     ds = ds.map_batches(
         decode_batch,
         fn_kwargs={"settings": decode},

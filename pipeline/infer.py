@@ -141,9 +141,10 @@ class Molmo2Engine:
             dtype = getattr(torch, settings.dtype)
         path = resolve_model_path(settings.model, cache_dir=settings.cache_dir, endpoint_url=settings.endpoint_url)
         kwargs: dict[str, Any] = {"revision": settings.revision} if settings.revision else {}
-        self.processor = AutoProcessor.from_pretrained(path, **kwargs)
+        self.processor: Any = AutoProcessor.from_pretrained(path, **kwargs)
         self.processor.tokenizer.padding_side = "left"
-        self.model = AutoModelForImageTextToText.from_pretrained(
+        auto_model: Any = AutoModelForImageTextToText
+        self.model: Any = auto_model.from_pretrained(
             path, dtype=dtype, attn_implementation=settings.attn_implementation, **kwargs
         )
         self.model.to(self.device)
@@ -185,7 +186,7 @@ class Molmo2Engine:
         rel = np.asarray(window.frame_times, dtype=np.float64) - window.t_start
         fps = float(window.fps) if window.fps and window.fps > 0 else 1.0
         return {
-            "total_num_frames": int(len(rel)),
+            "total_num_frames": len(rel),
             "fps": fps,
             "duration": float(rel[-1] + 1.0 / fps) if len(rel) else 0.0,
             "width": int(window.frames.shape[2]),
@@ -370,7 +371,7 @@ class Molmo2Host:
                         "generated_tokens": ans.generated_tokens,
                         "hit_max_new_tokens": ans.hit_max_new_tokens,
                         "latency_s": ans.latency_s,
-                        "frames_used": int(len(batch["frame_times"][i])),
+                        "frames_used": len(batch["frame_times"][i]),
                         "infer_error_type": ans.error_type,
                         "infer_error_message": ans.error_message,
                     },

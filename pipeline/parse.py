@@ -15,10 +15,11 @@ How this parser differs from the card's three regexes, and why:
 * It never raises and it says what it could not read: every dropped fragment goes to
   ``ParsedAnswer.unparsed`` and the status records how much of the answer was usable. The card's
   regexes silently skip anything that does not match.
-* Groups without IDs (``TIME X Y [X Y ...]``) are read as ``object_id=None`` pairs, but only when the
-  count of numbers after the time makes that the only reading (even and not a multiple of 3). The
-  grammar is ambiguous: six numbers are either two ``ID X Y`` triples or three ``X Y`` pairs, and
-  we then follow the documented grammar (triples). See ``_choose_reading``.
+* Groups without IDs (``TIME X Y [X Y ...]``) are read as ``object_id=None`` pairs when the count
+  of numbers after the time makes that the only reading (even and not a multiple of 3). The grammar
+  is ambiguous: six numbers are either two ``ID X Y`` triples or three ``X Y`` pairs; such groups
+  follow the tag's unambiguous groups, and the documented grammar (triples) when there are none.
+  See ``_choose_reading``.
 * ``X``/``Y`` may have any number of digits (the card requires 3 or 4); values outside 0..1000,
   negative times and non-integer IDs drop that point into ``unparsed``.
 * A tag cut off by ``max_new_tokens`` keeps every complete point. When the ``coords`` value itself is
@@ -169,6 +170,9 @@ def _parse(answer: str, hit_max_new_tokens: bool) -> ParsedAnswer:
     unclosed = False
     tag_index = 0
     pos = 0
+    # The next closing tag at or after the current position; searched again only once passed, so a
+    # run of unclosed tags costs linear time, not quadratic.
+    closing = _CLOSE_RE.search(answer)
 
     def add_text(segment: str) -> None:
         # Closing tags without an opening tag carry nothing readable; keep them out of the text.
@@ -187,9 +191,9 @@ def _parse(answer: str, hit_max_new_tokens: bool) -> ParsedAnswer:
         kind: TagKind = "points" if opening.group(1).lower() == "points" else "tracks"
 
         # The opening tag ends at the first `>`; a `<` or the end of the answer first means it was cut.
-        gt = answer.find(">", opening.end())
         lt = answer.find("<", opening.end())
-        tag_complete = gt != -1 and (lt == -1 or gt < lt)
+        gt = answer.find(">", opening.end(), lt if lt != -1 else len(answer))
+        tag_complete = gt != -1
         if tag_complete:
             attrs = answer[opening.end() : gt]
             after = gt + 1
@@ -213,7 +217,8 @@ def _parse(answer: str, hit_max_new_tokens: bool) -> ParsedAnswer:
             label = ""
             pos = after
         else:
-            closing = _CLOSE_RE.search(answer, after)
+            if closing is not None and closing.start() < after:
+                closing = _CLOSE_RE.search(answer, after)
             next_opening = _OPEN_RE.search(answer, after)
             if closing is not None and (next_opening is None or closing.start() < next_opening.start()):
                 label = answer[after : closing.start()]
@@ -274,8 +279,13 @@ def _parse_coords(value: str, *, complete: bool) -> tuple[list[_RawPoint], list[
         if tokens or (is_cut and cut_token is not None):
             token_groups.append((group.strip(), tokens, is_cut))
 
-    # Groups whose length does not decide the reading follow the majority of the tag's other groups.
-    votes = [_choose_reading(len(tokens) - 1) for _, tokens, is_cut in token_groups if not is_cut]
+    # Groups whose count does not decide the reading follow the tag's other groups (a model writes one
+    # form throughout a tag); with no evidence either way, the documented grammar (triples) wins.
+    votes = [
+        _choose_reading(len(tokens) - 1)
+        for _, tokens, is_cut in token_groups
+        if not is_cut and all(_NUMBER_RE.fullmatch(tok) for tok in tokens)
+    ]
     fallback: _Reading = "pairs" if votes.count("pairs") > votes.count("triples") else "triples"
 
     points: list[_RawPoint] = []
@@ -286,7 +296,7 @@ def _parse_coords(value: str, *, complete: bool) -> tuple[list[_RawPoint], list[
             fragments.append(" ".join([*tokens, *tail]) if is_cut else raw_group)
             continue
         time_token, numbers = tokens[0], tokens[1:]
-        t = float(time_token)
+        t = float(time_token) + 0.0  # + 0.0 turns "-0" into 0.0
         if not math.isfinite(t) or t < 0 or not (numbers or tail):
             fragments.append(" ".join([*tokens, *tail]) if is_cut else raw_group)
             continue
@@ -307,19 +317,22 @@ def _parse_coords(value: str, *, complete: bool) -> tuple[list[_RawPoint], list[
 
 
 def _choose_reading(count: int) -> _Reading | None:
-    """How to read ``count`` numbers after a frame time, or None when the count does not decide.
+    """How ``count`` numbers after a frame time must be read, or None when the count does not decide.
 
     The grammar's ambiguity, made explicit:
-    * a multiple of 3 (3, 6, 9, ...) is read as ``ID X Y`` triples, the documented grammar, even
-      though 6 or 12 numbers could also be ID-less ``X Y`` pairs;
-    * otherwise an even count (2, 4, 8, ...) can only be ``X Y`` pairs, so it is read that way
-      with ``object_id=None``;
-    * any other count (0, 1, 5, 7, ...) has no complete reading: the caller reads as many units as
-      fit in the reading the rest of the tag uses and reports the leftover numbers as unparsed.
+    * 3, 9, 15, ... (a multiple of 3 only) can only be ``ID X Y`` triples;
+    * 2, 4, 8, 10, ... (even, not a multiple of 3) can only be ID-less ``X Y`` pairs (``object_id=None``);
+    * 6, 12, ... (a multiple of 6) are either 2k triples or 3k pairs: undecided;
+    * 0, 1, 5, 7, ... have no complete reading: undecided.
+    Undecided groups (and a group cut off by the end of generation) are read the way the tag's
+    decided groups mostly are, triples on a tie; numbers left over are reported as unparsed.
     """
-    if count > 0 and count % 3 == 0:
+    if count <= 0:
+        return None
+    triples, pairs = count % 3 == 0, count % 2 == 0
+    if triples and not pairs:
         return "triples"
-    if count > 0 and count % 2 == 0:
+    if pairs and not triples:
         return "pairs"
     return None
 
@@ -331,7 +344,7 @@ def _read_unit(t: float, unit: Sequence[str]) -> _RawPoint | None:
         if not _ID_RE.fullmatch(unit[0]):
             return None
         object_id = int(unit[0])
-    x, y = float(unit[-2]), float(unit[-1])
+    x, y = float(unit[-2]) + 0.0, float(unit[-1]) + 0.0
     if not (0.0 <= x <= COORD_SCALE and 0.0 <= y <= COORD_SCALE):  # also False for NaN
         return None
     return (t, object_id, x, y)
@@ -382,6 +395,7 @@ def format_points(points: Sequence[PointLike], kind: TagKind, label: str) -> str
 
 
 def _format_number(value: float, *, pad: bool) -> str:
+    value = float(value)
     if pad and value.is_integer() and value >= 0:
         return f"{int(value):03d}"
     # Shortest positional text that reads back to the same float (never scientific notation).

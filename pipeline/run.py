@@ -51,6 +51,7 @@ class RunSummary:
     error_types: Counter[str] = field(default_factory=Counter)
     rows_written: dict[str, int] = field(default_factory=dict)
     plan: str = ""
+    stats: str = ""  # Ray Data's execution stats of the graph (operators, tasks, actors, times)
     elapsed_s: float = 0.0
 
     @property
@@ -131,7 +132,8 @@ def model_frame_size(model: str, endpoint_url: str | None) -> int:
             else:
                 from huggingface_hub import hf_hub_download
 
-                data = json.loads(open(hf_hub_download(model, name)).read())
+                with open(hf_hub_download(model, name)) as fh:
+                    data = json.load(fh)
         except Exception:
             data = None
         if data:
@@ -295,6 +297,7 @@ def run_pipeline(config: RunConfig, *, echo: Any = print) -> RunSummary:
         if sink.pending_videos >= config.output.flush_videos:
             sink.flush()
     sink.flush()
+    summary.stats = ds.stats()
     leftover = collector.drain()
     if leftover:  # the stream ended without some windows: never write half a video
         echo(f"warning: {len(leftover)} video(s) incomplete at the end of the stream; a rerun processes them")

@@ -7,7 +7,9 @@ videos (the tiny model's answers then depend on the input). Deterministic for a 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,8 +55,8 @@ def write_video(path: str | Path, spec: SampleSpec) -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     n = max(1, round(spec.seconds * spec.fps))
     with av.open(str(out_path), "w") as container:
-        rate = round(spec.fps) if float(spec.fps).is_integer() else spec.fps
-        stream = container.add_stream(spec.codec, rate=rate)
+        rate = Fraction(spec.fps).limit_denominator(1001)
+        stream: Any = container.add_stream(spec.codec, rate=rate)
         stream.width, stream.height = spec.width, spec.height
         stream.pix_fmt = "yuv420p"
         if spec.codec == "libx264":

@@ -127,7 +127,7 @@ def _uniform_last_frame_indices(
     return sorted({int(i) for i in ix})
 
 
-def frames_in_window(frame_times: Sequence[float], window: Window, *, is_last: bool) -> list[int]:
+def frames_in_window(frame_times: Sequence[float] | np.ndarray, window: Window, *, is_last: bool) -> list[int]:
     """Indices of the frames whose presentation time falls in [start, end) ([start, end] for the last)."""
     times = np.asarray(frame_times, dtype=np.float64)
     lo = int(np.searchsorted(times, window.start - 1e-6, side="left"))

@@ -42,8 +42,8 @@ def object_version(info: dict[str, Any]) -> str:
     if etag:
         return "etag:" + str(etag).strip('"')
     size = int(info.get("size") or 0)
-    mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("created")
-    if hasattr(mtime, "timestamp"):
+    mtime: Any = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("created")
+    if mtime is not None and hasattr(mtime, "timestamp"):
         mtime = mtime.timestamp()
     return f"size:{size}:mtime:{float(mtime or 0):.6f}"
 

@@ -54,7 +54,7 @@ def parse_task(spec: str) -> tuple[TaskKind, str]:
         return "caption", ""
     if not sep or not arg:
         raise ValueError(f"task {spec!r} needs an argument, e.g. '{kind}:person'")
-    return kind, arg  # type: ignore[return-value]
+    return kind, arg
 
 
 def parse_task_list(specs: Iterable[str]) -> list[tuple[TaskKind, str]]:

@@ -59,7 +59,7 @@ def test_bad_values_fail_with_fix_it_messages() -> None:
         _cfg(["--tasks", "summarize"])
     with pytest.raises(ConfigError, match="needs an argument"):
         _cfg(["--tasks", "count:"])
-    with pytest.raises(ConfigError, match="unknown setting.*batch_size"):
+    with pytest.raises(ConfigError, match=r"unknown setting.*batch_size"):
         build_config({"model": {"modle": "x"}})
     with pytest.raises(ConfigError, match="no input"):
         build_config({}).check_ready()

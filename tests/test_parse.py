@@ -84,7 +84,10 @@ def test_many_objects_and_frames() -> None:
     frames = [i * 0.5 for i in range(120)]
     objects = range(1, 13)
     groups = [
-        " ".join([str(t)] + [f"{oid} {(oid * 70 + i) % 1001:03d} {(oid * 37 + 2 * i) % 1001:03d}" for oid in objects])
+        " ".join(
+            [str(t)]
+            + [f"{oid} {(oid * 70 + i) % 1001:03d} {(oid * 37 + 2 * i) % 1001:03d}" for oid in objects]
+        )
         for i, t in enumerate(frames)
     ]
     parsed = parse_answer(f'<tracks coords="{";".join(groups)}">fish</tracks>')
@@ -193,10 +196,29 @@ def test_irregular_group_reads_leading_triples_and_reports_the_rest() -> None:
 
 
 def test_irregular_group_follows_pairs_when_the_tag_uses_pairs() -> None:
-    parsed = parse_answer('<tracks coords="0.0 100 200 300 400;0.5 110 210 310">x</tracks>')
+    parsed = parse_answer('<tracks coords="0.0 100 200 300 400;0.5 110 210 310 410 510">x</tracks>')
     assert parsed.status == "partial"
-    assert coords(parsed) == [(0.0, None, 100, 200), (0.0, None, 300, 400), (0.5, None, 110, 210)]
-    assert parsed.unparsed == "0.5 310"
+    assert coords(parsed) == [
+        (0.0, None, 100, 200),
+        (0.0, None, 300, 400),
+        (0.5, None, 110, 210),
+        (0.5, None, 310, 410),
+    ]
+    assert parsed.unparsed == "0.5 510"
+
+
+def test_six_numbers_follow_a_tag_that_uses_pairs() -> None:
+    # "1.0 ..." has 6 numbers (ambiguous); "0.5 ..." has 4 (pairs only): the tag writes pairs.
+    parsed = parse_answer('<tracks coords="0.5 100 200 300 400;1.0 110 210 310 410 510 610">x</tracks>')
+    assert parsed.status == "ok"
+    assert [p.object_id for p in parsed.points] == [None] * 5
+    assert coords(parsed)[-1] == (1.0, None, 510, 610)
+
+
+def test_three_numbers_are_a_triple_even_in_a_pairs_tag() -> None:
+    # Only one reading fits three numbers, so the count decides, not the rest of the tag.
+    parsed = parse_answer('<tracks coords="0.0 100 200 300 400;0.5 7 210 310">x</tracks>')
+    assert coords(parsed)[-1] == (0.5, 7, 210, 310)
 
 
 def test_non_integer_id_is_unparsed() -> None:
@@ -340,7 +362,9 @@ def test_unclosed_tag_followed_by_another_tag() -> None:
 
 
 def test_single_quotes_and_extra_attributes() -> None:
-    parsed = parse_answer("<points alt='penguins' coords='8.5 1 255 301' data-x=\"1\" foo=bar>penguins</points>")
+    parsed = parse_answer(
+        "<points alt='penguins' coords='8.5 1 255 301' data-x=\"1\" foo=bar>penguins</points>"
+    )
     assert parsed.status == "ok"
     assert coords(parsed) == [(8.5, 1, 255, 301)]
 
@@ -403,7 +427,10 @@ def test_format_points_rejects_ambiguous_idless_groups() -> None:
 
 
 def test_format_points_accepts_any_point_like() -> None:
-    assert format_points([P(0.5, 3, 7, 1000)], "tracks", "ball") == '<tracks coords="0.5 3 007 1000">ball</tracks>'
+    assert (
+        format_points([P(0.5, 3, 7, 1000)], "tracks", "ball")
+        == '<tracks coords="0.5 3 007 1000">ball</tracks>'
+    )
     assert format_points([], "points", "none") == '<points coords="">none</points>'
 
 
@@ -458,6 +485,7 @@ def test_format_then_parse_round_trips_without_ids(points: list[P], name: str) -
 def check_invariants(parsed: ParsedAnswer, hit: bool) -> None:
     assert parsed.status in ("ok", "partial", "no_tags", "truncated", "invalid")
     assert (parsed.status == "truncated") == hit
+    assert "parser error" not in parsed.unparsed  # robust by construction, not by the last-resort guard
     for p in parsed.points:
         assert 0 <= p.x <= 1000 and 0 <= p.y <= 1000 and p.t >= 0
         assert p.object_id is None or p.object_id >= 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -71,7 +72,7 @@ def test_uniform_last_frame_matches_molmo_utils_times() -> None:
     times = _times(600, 30.0)
     idx = FrameSampler("uniform_last_frame", 16, 2.0).sample(times, 30.0)
     targets = sample_times(20.0, 16, "uniform_last_frame", None, 2.0)
-    ends = np.array(times[1:] + [20.0])
+    ends = np.array([*times[1:], 20.0])
     expected = np.minimum(np.searchsorted(ends, targets, side="right"), 599)
     assert idx == sorted(set(expected.tolist()))
 
@@ -86,7 +87,7 @@ def test_uniform_last_frame_matches_molmo_utils_times() -> None:
 def test_sampler_invariants(n: int, fps: float, budget: int, mode: str) -> None:
     idx = FrameSampler(mode, budget, 2.0).sample(_times(n, fps), fps)  # type: ignore[arg-type]
     assert idx and idx == sorted(set(idx))
-    assert 0 <= idx[0] and idx[-1] < n
+    assert idx[0] >= 0 and idx[-1] < n
     assert len(idx) <= budget + 1
     duration = n / fps
     if mode == "native" and fps > 2.0:
@@ -125,7 +126,7 @@ def test_windows_cover_video(duration: float, length: float, frac: float) -> Non
     ws = plan_windows(duration, length, overlap)
     assert ws[0].start == 0.0
     assert math.isclose(ws[-1].end, duration, abs_tol=1e-5)
-    for a, b in zip(ws, ws[1:], strict=False):
+    for a, b in itertools.pairwise(ws):
         assert b.start <= a.end + 1e-6  # no gaps
         assert b.start > a.start
     assert all(w.duration <= length + 1e-6 for w in ws)
