@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+WORKDIR ?= demo-run
 
 .PHONY: install demo test lint unit
 
@@ -16,7 +17,7 @@ install: $(STAMP)
 
 ## Sample videos + tiny offline Molmo2 + a full run; prints the summary and the tables.
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pipeline demo --workdir demo-run
+	HF_HUB_OFFLINE=1 $(PY) -m pipeline demo --workdir $(WORKDIR)
 
 lint: $(STAMP)
 	$(PY) -m ruff check pipeline jobs tests

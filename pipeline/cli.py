@@ -195,8 +195,8 @@ def print_tables(output: str, limit: int = 3) -> None:
             continue
         glob = f"{folder}/**/*.parquet"
         rel = con.sql(f"SELECT * FROM read_parquet('{glob}', hive_partitioning=true)")
-        n = con.sql(f"SELECT count(*) FROM read_parquet('{glob}', hive_partitioning=true)").fetchone()
-        print(f"\n{table}: {n[0] if n else 0} rows in {folder}")
+        n = con.sql(f"SELECT count(*) FROM read_parquet('{glob}', hive_partitioning=true)").fetchall()[0][0]
+        print(f"\n{table}: {n} rows in {folder}")
         cols = [c for c in rel.columns if c not in ("prompt", "decoding", "sampling_mode", "num_frames", "max_fps", "max_new_tokens", "model_id", "run_id", "run_date")]
         print(rel.select(*cols[:9]).limit(limit))
 

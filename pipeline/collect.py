@@ -177,6 +177,23 @@ def _distinct_objects(points: list[dict[str, Any]], window_count: int, ctx: RowC
     return result.num_objects, dict(result.global_ids)
 
 
+TASK_TABLES: dict[str, tuple[str, ...]] = {
+    "caption": ("captions",),
+    "count": ("counts", "points", "video_counts"),
+    "point": ("points",),
+    "track": ("tracks", "video_counts"),
+    "ask": ("answers", "points"),
+}
+
+
+def tables_for_tasks(tasks: Sequence[Task]) -> list[str]:
+    """The tables a run with these tasks writes (always videos and errors)."""
+    names = {"videos", "errors"}
+    for t in tasks:
+        names.update(TASK_TABLES[t.kind])
+    return sorted(names)
+
+
 def video_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[Task], ctx: RowContext) -> dict[str, list[dict[str, Any]]]:
     """All table rows for one complete video (its window rows, plus its decode error row if any)."""
     tables: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -312,4 +329,6 @@ def video_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[Task], ctx: Row
             "processed_at": datetime.now(UTC),
         }
     )
+    for table in tables_for_tasks(tasks):
+        tables.setdefault(table, [])
     return dict(tables)

@@ -137,7 +137,9 @@ class TableSink:
         key = hashlib.sha256(
             ("\n".join(sorted(self._buffered_videos)) + uuid.uuid4().hex).encode()
         ).hexdigest()[:24]
-        order = [t for t in TABLES if t != COMMIT_TABLE and self._buffer.get(t)] + [COMMIT_TABLE]
+        # Tables a video declared (even with zero rows) are written too, so every table the run's tasks
+        # produce exists and can be queried, even when no answer held a point.
+        order = [t for t in TABLES if t != COMMIT_TABLE and t in self._buffer] + [COMMIT_TABLE]
         for table in order:
             data = to_table(table, self._buffer[table])
             self._write(table, key, data)
