@@ -114,7 +114,115 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--tasks", default="caption,count:person,point:cart,track:person", help="Tasks to run (comma-separated)."
     )
+    _add_tool_commands(sub)  # issue 6: query, render, plan, serve (block below)
     return parser
+
+
+# ===== BEGIN issue 6 block: `query`, `render`, `plan`, `serve` subcommands ==========================
+# The parsers live here; each command's work is `command(args)` in its own module, imported on use.
+TOOL_COMMANDS = {"query": "pipeline.query", "render": "pipeline.render", "plan": "pipeline.plan", "serve": "pipeline.serve"}
+
+
+def _add_tool_commands(sub: Any) -> None:
+    from pipeline.config import SamplingConfig, WindowConfig
+
+    def default(section: Any, name: str) -> Any:
+        return section.model_fields[name].default
+
+    s3 = "S3-compatible endpoint (default: AWS_ENDPOINT_URL, else AWS)."
+    q = sub.add_parser(
+        "query",
+        help="Run SQL (DuckDB) or a named query over the output tables.",
+        description="SQL over the output tables: each table (videos, captions, counts, points, tracks, answers, "
+        "video_counts, errors, runs, and other jobs' tables) is a view by its name; run_date is a DATE column.",
+    )
+    q.add_argument("sql", nargs="?", help='SQL, e.g. "SELECT status, count(*) FROM videos GROUP BY ALL".')
+    q.add_argument("--output", help="Where a run wrote its tables: a folder, file:// or s3://BUCKET/PREFIX.")
+    q.add_argument("--named", metavar="NAME", help="Run a ready-made query instead of SQL (see --list).")
+    q.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="A named query's parameter.")
+    q.add_argument("--list", action="store_true", help="List the named queries and their parameters.")
+    q.add_argument("--format", choices=["table", "csv", "json", "jsonl", "parquet"], default="table",
+                   help="Output format (default: a table on the terminal).")
+    q.add_argument("--out", metavar="FILE", help="Write the result to FILE (required with --format parquet).")
+    q.add_argument("--max-rows", type=int, default=100, help="Rows shown with --format table (default: 100).")
+    q.add_argument("--include-uncommitted", action="store_true",
+                   help="Also read part files without their videos commit record (interrupted or ongoing flushes).")
+    q.add_argument("--s3-endpoint-url", help=s3)
+
+    r = sub.add_parser(
+        "render",
+        help="Draw a video's points and tracks on its frames: PNG contact sheet + GIF.",
+        description="Decode the source video again at display size and draw the tables' points and tracks.",
+    )
+    r.add_argument("--output", required=True, help="Where the run wrote its tables (folder or s3:// prefix).")
+    r.add_argument("--video", required=True, help="video_id (or a unique prefix), the video's URI, or its file name.")
+    r.add_argument("--query", help="Only the points/tracks of this query (e.g. person).")
+    r.add_argument("--out", required=True, help="Folder for the PNG, the GIF and the layout JSON.")
+    r.add_argument("--max-frames", type=int, default=12, help="At most this many frames (default: 12).")
+    r.add_argument("--width", type=int, default=320, help="Width of one frame on the sheet, pixels (default: 320).")
+    r.add_argument("--columns", type=int, default=4, help="Frames per row of the sheet (default: 4).")
+    r.add_argument("--no-gif", action="store_true", help="Write only the PNG contact sheet.")
+    r.add_argument("--s3-endpoint-url", help=s3)
+
+    p = sub.add_parser(
+        "plan",
+        help="List a corpus (container metadata only) and estimate windows, tokens, GPU-hours and cost.",
+        description="Estimate a run before running it; formulas and the throughput profile: pipeline/plan.py.",
+    )
+    p.add_argument("--input", help="The videos: a folder, file:// or s3://BUCKET/PREFIX.")
+    p.add_argument("--model", default="allenai/Molmo2-8B", help="The variant to highlight (or a local checkpoint).")
+    p.add_argument("--tasks", default="caption", help="Tasks, comma-separated, as for `run` (default: caption).")
+    p.add_argument("--profile", metavar="FILE.yaml", help="Throughput profile merged over the default.")
+    p.add_argument("--print-profile", action="store_true", help="Print the (merged) profile as YAML and exit.")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs the run will use, for the wall-clock estimate.")
+    p.add_argument("--window-s", type=float, default=default(WindowConfig, "window_s"), help="As for `run`.")
+    p.add_argument("--overlap-s", type=float, default=default(WindowConfig, "overlap_s"), help="As for `run`.")
+    p.add_argument("--num-frames", type=int, default=default(SamplingConfig, "num_frames"), help="As for `run`.")
+    p.add_argument("--max-fps", type=float, default=default(SamplingConfig, "max_fps"), help="As for `run`.")
+    p.add_argument("--sampling-mode", choices=["native", "uniform_last_frame"],
+                   default=default(SamplingConfig, "sampling_mode"), help="As for `run`.")
+    p.add_argument("--frame-size", type=int, help="Model frame side in pixels (default: the profile's, 378).")
+    p.add_argument("--include", type=lambda v: [x for x in v.split(",") if x], help="Glob patterns, as for `run`.")
+    p.add_argument("--max-videos", type=int, help="Plan only the first N videos.")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="table (terminal) or json.")
+    p.add_argument("--max-rows", type=int, default=20, help="Videos listed in the table (default: 20).")
+    p.add_argument("--s3-endpoint-url", help=s3)
+
+    v = sub.add_parser(
+        "serve",
+        help="Serve Molmo2 over HTTP with Ray Serve: POST /v1/analyze (needs MOLMO_BATCH_SERVE_TOKEN).",
+        description="A Ray Serve app answering POST /v1/analyze with the batch tables' rows as JSON. "
+        "Requires a bearer token in MOLMO_BATCH_SERVE_TOKEN; URIs only under --allow-prefix.",
+    )
+    v.add_argument("--model", required=True, help="Molmo2 checkpoint: Hub id, local directory or s3:// prefix.")
+    v.add_argument("--revision", help="Hub revision of --model.")
+    v.add_argument("--allow-prefix", action="append", default=[], metavar="URI_PREFIX",
+                   help="A URI prefix requests may name (s3://bucket/videos/, https://host/path/); repeatable.")
+    v.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: 127.0.0.1; 0.0.0.0 for all).")
+    v.add_argument("--port", type=int, default=8000, help="Port (default: 8000).")
+    v.add_argument("--address", help="Ray cluster to join (or RAY_ADDRESS); unset starts a local Ray.")
+    v.add_argument("--replicas", type=int, help="Replicas (default: one per GPU, or 1 without GPUs).")
+    v.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="As for `run`.")
+    v.add_argument("--max-new-tokens", type=int, default=256, help="Generation limit per answer.")
+    v.add_argument("--frame-size", type=int, help="Model frame side (default: read from the model's processor).")
+    v.add_argument("--num-frames", type=int, default=default(SamplingConfig, "num_frames"), help="As for `run`.")
+    v.add_argument("--max-fps", type=float, default=default(SamplingConfig, "max_fps"), help="As for `run`.")
+    v.add_argument("--window-s", type=float, default=default(WindowConfig, "window_s"), help="As for `run`.")
+    v.add_argument("--overlap-s", type=float, default=default(WindowConfig, "overlap_s"), help="As for `run`.")
+    v.add_argument("--max-upload-mb", type=int, default=512, help="Largest upload or fetched video, MiB (413 above).")
+    v.add_argument("--max-duration-s", type=float, default=600.0, help="Longest video in seconds (413 above).")
+    v.add_argument("--max-tasks", type=int, default=8, help="Most tasks per request (422 above).")
+    v.add_argument("--s3-endpoint-url", help=s3)
+
+
+def _run_tool_command(args: argparse.Namespace) -> int:
+    import importlib
+
+    module: Any = importlib.import_module(TOOL_COMMANDS[args.command])
+    return int(module.command(args))
+
+
+# ===== END issue 6 block ==========================================================================
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "demo":
             return run_demo(Path(args.workdir), args.tasks)
+        if args.command in TOOL_COMMANDS:  # issue 6 block
+            return _run_tool_command(args)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ and returns the rows of every table for that video. A video is therefore written
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,19 @@ class RowContext:
         }
 
 
+def clean_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Undo columnar batching artefacts: Ray Data turns None into NaN in numeric columns that mix
+    missing and present values, and hands numpy scalars/arrays; rows here are plain Python."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+            value = value.tolist()
+        if isinstance(value, float) and math.isnan(value):
+            value = None
+        out[key] = value
+    return out
+
+
 @dataclass
 class _Pending:
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -66,6 +80,7 @@ class VideoCollector:
         return len(self._pending)
 
     def add(self, row: dict[str, Any]) -> list[dict[str, Any]] | None:
+        row = clean_row(row)
         vid = row["video_id"]
         p = self._pending.setdefault(vid, _Pending())
         if int(row["window_index"]) < 0:
@@ -324,6 +339,7 @@ def video_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[Task], ctx: Row
             "error_summary": "; ".join(problems)[:2000] or None,
             "decoder": ",".join(decoders) or None,
             "tasks": ",".join(t.name for t in tasks),
+            "source_metadata": first.get("source_metadata"),
             "run_id": ctx.run_id,
             "model_id": ctx.model_id,
             "processed_at": datetime.now(UTC),

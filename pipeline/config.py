@@ -42,9 +42,21 @@ class SourceConfig(_Section):
     max_videos: int | None = Field(
         None, ge=1, description="Process at most this many videos (in listing order); unset for all."
     )
+    manifest_uri_column: str = Field(
+        "uri", description="With a manifest --input (.parquet/.csv/.jsonl): the column holding video URIs."
+    )
     s3_endpoint_url: str | None = Field(
         None,
         description="S3-compatible endpoint (e.g. http://127.0.0.1:8333); defaults to AWS_ENDPOINT_URL or AWS.",
+    )
+    storage_retry_budget_s: float = Field(
+        60.0,
+        ge=0,
+        description=(
+            "Retry transient storage errors (connection refused, timeouts, 5xx, throttling) with backoff and "
+            "jitter for up to this many seconds per operation; past it a read fails its video (an error row) "
+            "and a write stops the run (nothing half-written; a rerun resumes)."
+        ),
     )
 
 
@@ -82,6 +94,15 @@ class DecodeConfig(_Section):
     decode_num_cpus: float = Field(1.0, gt=0, description="CPUs Ray reserves for each decode task.")
     decode_concurrency: int = Field(
         2, ge=1, description="How many decode tasks may run at once (the decode stage's own concurrency)."
+    )
+    decode_resource: str | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "Pin decode tasks to the nodes declaring this custom Ray resource (e.g. 'decode', with "
+            "`ray start --resources='{\"decode\": 1}'` on the decode nodes); each task asks for 0.001 of it, so "
+            "those nodes' CPUs bound how many run there. Unset: decode runs on any node with free CPUs."
+        ),
     )
     frame_size: int | None = Field(
         None,
@@ -131,16 +152,45 @@ class ModelConfig(_Section):
         ge=1,
         description="Model actors (one Molmo2 each); unset means one per GPU, or 1 without GPUs.",
     )
+    min_model_actors: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Lower bound of the model actor pool; below --max-model-actors Ray Data autoscales between the two. "
+            "Unset: the number of model actors (a fixed pool, every GPU busy from the start)."
+        ),
+    )
+    max_model_actors: int | None = Field(
+        None,
+        ge=1,
+        description="Upper bound of the model actor pool (autoscaling); unset: the number of model actors.",
+    )
     batch_size: int = Field(
         4, ge=1, description="Windows handed to one model actor call (batched in one generate where possible)."
     )
     max_new_tokens: int = Field(
         256, ge=1, description="Generation limit per answer; answers that hit it are marked truncated."
     )
+    model_crash_retries: int = Field(
+        1,
+        ge=0,
+        description=(
+            "When a batch kills its model actor process (crash, OOM kill), Ray replaces the actor and the "
+            "batch is retried one window at a time; a window that kills it this many more times is written "
+            "as a WorkerCrashed error row instead of being retried again."
+        ),
+    )
     model_cache_dir: str | None = Field(
         None,
         description="Local directory for weights copied from s3:// (default: ~/.cache/molmo-batch/models).",
     )
+
+    @model_validator(mode="after")
+    def _actor_bounds(self) -> ModelConfig:
+        lo, hi = self.min_model_actors, self.max_model_actors
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"min_model_actors ({lo}) is above max_model_actors ({hi}); lower one of them")
+        return self
 
 
 class TasksConfig(_Section):
@@ -175,6 +225,13 @@ class OutputConfig(_Section):
     flush_videos: int = Field(
         64, ge=1, description="Write a Parquet part after this many finished videos (and at the end)."
     )
+    retry_statuses: list[Literal["failed", "partial"]] = Field(
+        default_factory=list,
+        description=(
+            "Process again the videos whose committed rows all have one of these statuses (e.g. failed); "
+            "their earlier rows stay as history and the newest `videos` row per video_id is its current state."
+        ),
+    )
 
 
 class RayConfig(_Section):
@@ -186,6 +243,15 @@ class RayConfig(_Section):
     )
     progress: Literal["auto", "on", "off"] = Field(
         "auto", description="Progress display: 'auto' shows it only on a terminal."
+    )
+    stall_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Stop the run when no data moves through the graph for this many seconds (e.g. the only node with "
+            "a stage's resources died and none replaces it); committed videos stay and a rerun does the rest. "
+            "Unset: Ray Data's default (1800 s)."
+        ),
     )
 
 

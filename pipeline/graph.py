@@ -1,46 +1,153 @@
 """The one place the Ray Data graph is built: video refs -> decode tasks (CPU) -> Molmo2 actors (GPU).
 
     from_items(VideoRef rows)
-      .map_batches(decode_batch, num_cpus=decode CPUs, TaskPoolStrategy(decode concurrency))   # CPU
-      .map_batches(Molmo2Host, num_gpus=1, ActorPoolStrategy(model actors), batch_size=B)    # GPU
+      .map_batches(decode_batch, num_cpus=decode CPUs, [resources={decode_resource: 0.001}],
+                   TaskPoolStrategy(decode concurrency))                                          # CPU
+      .map_batches(Molmo2Host, num_gpus=1, ActorPoolStrategy(min..max model actors), batch_size=B)  # GPU
 
 Decode and the model are separate stages with their own resources and concurrency, so Ray Data
 streams: decode keeps working on the next videos while the GPUs generate, and its backpressure bounds
 how many decoded windows wait in the object store.
+
+Placement is by resources, never by luck: a model actor asks Ray for its GPU(s), so Ray puts it on a
+node with a free GPU and the actor runs on the device Ray gave it (`infer.pick_device`); decode tasks
+ask for CPUs and, with `--decode-resource NAME`, for a sliver of a custom resource that only decode
+nodes declare (`ray start --resources='{"NAME": 1}'`), so they run there and nowhere else. The plan is
+derived from the nodes Ray reports at start (`ClusterInfo`), printed, and checked for a decode/GPU
+balance that would leave GPUs idle.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.decode import DecodeSettings, decode_batch
 from pipeline.infer import HostSettings, Molmo2Host
 from pipeline.source import VideoRef
 
+# The fewest decode CPUs per GPU that keep Molmo2-8B busy at 64 frames per 60 s window of 1080p video
+# (below it the run warns). AN ESTIMATE (nothing here ran on a GPU): decode CPU-s per window / GPU-s per window.
+# - CPU, measured on this machine: ~6 CPU-s per 60 s window of 1080p30 H.264 (decord decodes every frame
+#   between key frames: 3.4 ms of one core per 1080p frame, 1.45 ms at 720p, x 1,800 frames; a synthetic
+#   clip, real footage costs more).
+# - GPU, modelled, ~200-token captions at batch 4: ~1.6 GPU-s per window on an A100/L40S-class GPU
+#   (pipeline/plan.py's DEFAULT_PROFILE: 8,000 prefill and 220 generated tokens/s, placeholders), 0.80 on
+#   an H100 (benchmarks/latency_model.py, a simulation from FLOPs and HBM bandwidth).
+# 6 / 1.6 ~= 3.7 -> 4; an H100 needs ~8 (6 / 0.8), 720p sources about half. cluster/SIZING.md has the ranges.
+DECODE_CPUS_PER_GPU = 4.0
+# Decode tasks ask for this much of `--decode-resource`: enough to pin them to nodes declaring it, little
+# enough that the node's CPUs (not the resource's amount) bound how many run there (up to 1000 per unit).
+DECODE_RESOURCE_PER_TASK = 0.001
+_STANDARD = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One alive Ray node's declared resources (what the scheduler places work by)."""
+
+    node_id: str
+    cpus: float = 0.0
+    gpus: float = 0.0
+    memory_bytes: float = 0.0
+    custom: Mapping[str, float] = field(default_factory=dict)
+    is_head: bool = False
+
+    def amount(self, resource: str) -> float:
+        return {"CPU": self.cpus, "GPU": self.gpus, "memory": self.memory_bytes}.get(resource, self.custom.get(resource, 0.0))
+
+    def describe(self) -> str:
+        extra = "".join(f", {k}={v:g}" for k, v in sorted(self.custom.items()))
+        head = " (head)" if self.is_head else ""
+        return f"node {self.node_id[:8]}{head}: {self.cpus:g} CPU, {self.gpus:g} GPU, {self.memory_bytes / 2**30:.1f} GiB{extra}"
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """The alive nodes of the cluster a run sees."""
+
+    nodes: tuple[NodeInfo, ...]
+
+    @classmethod
+    def from_ray_nodes(cls, nodes: Sequence[Mapping[str, Any]]) -> ClusterInfo:
+        """From `ray.nodes()`: alive nodes only; Ray's bookkeeping resources (node:*, bundles) dropped."""
+        infos = []
+        for n in nodes:
+            if not n.get("Alive", True):
+                continue
+            res = {str(k): float(v) for k, v in (n.get("Resources") or {}).items()}
+            custom = {
+                k: v
+                for k, v in res.items()
+                if k not in _STANDARD and not k.startswith(("node:", "accelerator_type:")) and "_group_" not in k
+            }
+            infos.append(
+                NodeInfo(
+                    node_id=str(n.get("NodeID", "")),
+                    cpus=res.get("CPU", 0.0),
+                    gpus=res.get("GPU", 0.0),
+                    memory_bytes=res.get("memory", 0.0),
+                    custom=custom,
+                    is_head="node:__internal_head__" in res,
+                )
+            )
+        return cls(tuple(sorted(infos, key=lambda i: (not i.is_head, i.node_id))))
+
+    @classmethod
+    def from_totals(cls, totals: Mapping[str, float]) -> ClusterInfo:
+        """One pseudo node holding `ray.cluster_resources()`-style totals."""
+        return cls.from_ray_nodes([{"NodeID": "cluster", "Alive": True, "Resources": dict(totals)}])
+
+    def total(self, resource: str) -> float:
+        return sum(n.amount(resource) for n in self.nodes)
+
+    def describe(self) -> str:
+        lines = [
+            f"cluster: {len(self.nodes)} node(s), {self.total('CPU'):g} CPU, {self.total('GPU'):g} GPU, "
+            f"{self.total('memory') / 2**30:.1f} GiB memory"
+        ]
+        lines += [f"  {n.describe()}" for n in self.nodes]
+        return "\n".join(lines)
+
 
 @dataclass(frozen=True)
 class ResourcePlan:
     """How the run uses the cluster, derived from its resources and the config."""
 
-    model_actors: int
+    model_actors: int  # the actor pool's upper bound (one Molmo2 each)
     gpus_per_actor: float
     model_cpus: float
     decode_cpus: float
     decode_concurrency: int
     batch_size: int
     input_blocks: int
+    min_model_actors: int = 0  # the pool's lower bound; 0 means model_actors (a fixed pool)
+    decode_resource: str | None = None  # custom resource that pins decode tasks to the nodes declaring it
+    decode_node_cpus: float = 0.0  # CPUs of the nodes decode may run on (after the model actors' share)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def min_actors(self) -> int:
+        return self.min_model_actors or self.model_actors
 
     def describe(self) -> str:
         where = f"{self.gpus_per_actor:g} GPU each" if self.gpus_per_actor else "CPU"
+        count = (
+            f"{self.model_actors}" if self.min_actors == self.model_actors else f"{self.min_actors}-{self.model_actors}"
+        )
+        pinned = f" on nodes with resource '{self.decode_resource}'" if self.decode_resource else ""
         return (
-            f"{self.model_actors} model actor(s) ({where}, {self.model_cpus:g} CPU), batch {self.batch_size}; "
-            f"decode: {self.decode_concurrency} task(s) x {self.decode_cpus:g} CPU; {self.input_blocks} input block(s)"
+            f"{count} model actor(s) ({where}, {self.model_cpus:g} CPU), batch {self.batch_size}; "
+            f"decode: {self.decode_concurrency} task(s) x {self.decode_cpus:g} CPU{pinned}; "
+            f"{self.input_blocks} input block(s)"
         )
 
 
 def plan_resources(
-    cluster: dict[str, float],
+    cluster: ClusterInfo | Mapping[str, float],
     *,
     num_videos: int,
     num_model_actors: int | None,
@@ -49,42 +156,160 @@ def plan_resources(
     decode_cpus: float,
     decode_concurrency: int,
     batch_size: int,
+    min_model_actors: int | None = None,
+    max_model_actors: int | None = None,
+    decode_resource: str | None = None,
 ) -> ResourcePlan:
-    """Pick model actors and GPUs per actor from the cluster's resources (pure)."""
-    gpus = float(cluster.get("GPU", 0.0))
+    """Pick model actors and GPUs per actor from the cluster's resources, and check the decode/GPU balance (pure).
+
+    Model actors: `num_model_actors`, else one per `num_gpus_per_actor` GPUs in the cluster (1 GPU each
+    when it has GPUs), else 1 on CPU. That count is a fixed pool unless `min_model_actors` /
+    `max_model_actors` widen it into an autoscaling range.
+    """
+    info = cluster if isinstance(cluster, ClusterInfo) else ClusterInfo.from_totals(cluster)
+    gpus = info.total("GPU")
     gpus_per_actor = num_gpus_per_actor if num_gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
     if num_model_actors is not None:
-        actors = num_model_actors
+        target = num_model_actors
     elif gpus_per_actor > 0:
-        actors = max(1, int(gpus // gpus_per_actor))
+        target = max(1, int(gpus // gpus_per_actor))
     else:
-        actors = 1
+        target = 1
+    upper = max_model_actors if max_model_actors is not None else max(target, min_model_actors or 0)
+    lower = min_model_actors if min_model_actors is not None else min(target, upper)
+    if lower > upper:
+        raise ValueError(f"min_model_actors ({lower}) is above max_model_actors ({upper})")
     # Enough blocks that every decode task has work, without one task per tiny video.
-    blocks = max(1, min(num_videos, max(decode_concurrency * 4, actors * 2)))
-    return ResourcePlan(actors, gpus_per_actor, model_cpus, decode_cpus, decode_concurrency, batch_size, blocks)
+    blocks = max(1, min(num_videos, max(decode_concurrency * 4, upper * 2)))
+
+    warns: list[str] = []
+    if decode_resource:
+        decode_node_cpus = sum(n.cpus for n in info.nodes if n.amount(decode_resource) > 0)
+        if decode_node_cpus <= 0:
+            warns.append(
+                f"no node offers resource '{decode_resource}' (--decode-resource): decode tasks wait until "
+                f"one joins (ray start --resources='{{\"{decode_resource}\": 1}}')"
+            )
+    else:  # decode shares the nodes with the model actors
+        decode_node_cpus = max(0.0, info.total("CPU") - upper * model_cpus)
+    gpus_used = upper * gpus_per_actor
+    decode_used = min(decode_node_cpus, decode_concurrency * decode_cpus)
+    if gpus_used > 0 and decode_node_cpus > 0 and decode_used < DECODE_CPUS_PER_GPU * gpus_used:
+        need = DECODE_CPUS_PER_GPU * gpus_used
+        if decode_node_cpus < need:
+            where = f"nodes with resource '{decode_resource}'" if decode_resource else "the cluster, beside the model actors"
+            warns.append(
+                f"decode has {decode_node_cpus:g} CPU(s) on {where} for {gpus_used:g} GPU(s) "
+                f"({decode_node_cpus / gpus_used:.1f} per GPU; Molmo2-8B at 64 frames on 1080p video needs "
+                f"~{DECODE_CPUS_PER_GPU:g}, an H100 ~{2 * DECODE_CPUS_PER_GPU:g}): the GPUs will wait on decode; "
+                f"add CPU nodes for decode (cluster/SIZING.md)"
+            )
+        else:
+            warns.append(
+                f"decode runs {decode_concurrency} task(s) x {decode_cpus:g} CPU = {decode_used:g} CPU for "
+                f"{gpus_used:g} GPU(s) (Molmo2-8B at 64 frames on 1080p video needs ~{DECODE_CPUS_PER_GPU:g} per "
+                f"GPU): raise --decode-concurrency to {math.ceil(need / decode_cpus)}"
+            )
+    return ResourcePlan(
+        model_actors=upper,
+        gpus_per_actor=gpus_per_actor,
+        model_cpus=model_cpus,
+        decode_cpus=decode_cpus,
+        decode_concurrency=decode_concurrency,
+        batch_size=batch_size,
+        input_blocks=blocks,
+        min_model_actors=lower,
+        decode_resource=decode_resource or None,
+        decode_node_cpus=decode_node_cpus,
+        warnings=tuple(warns),
+    )
 
 
-def build_dataset(refs: list[VideoRef], decode: DecodeSettings, host: HostSettings, plan: ResourcePlan) -> Any:
-    """The Ray Data graph for `refs` (a lazy Dataset; nothing runs until it is iterated)."""
+def unmet_needs(plan: ResourcePlan, cluster: ClusterInfo | None = None) -> list[str]:
+    """What the plan's stages need that no alive node offers any more (why a run stalls after a node died).
+
+    `cluster` defaults to the alive nodes now; when Ray cannot say (it is down), nothing is reported.
+    """
+    if cluster is None:
+        try:
+            import ray
+
+            cluster = ClusterInfo.from_ray_nodes(ray.nodes())
+        except Exception:
+            return []
+    needs = []
+    if plan.decode_resource and not any(n.amount(plan.decode_resource) > 0 for n in cluster.nodes):
+        needs.append(
+            f"decode tasks need a node with resource '{plan.decode_resource}' and none is alive: add one "
+            f"(ray start --resources='{{\"{plan.decode_resource}\": 1}}') or run without --decode-resource"
+        )
+    if plan.gpus_per_actor > 0 and not any(n.gpus >= plan.gpus_per_actor for n in cluster.nodes):
+        needs.append(f"model actors need {plan.gpus_per_actor:g} GPU each and no alive node has that many")
+    return needs
+
+
+def build_dataset(
+    refs: list[VideoRef],
+    decode: DecodeSettings,
+    host: HostSettings,
+    plan: ResourcePlan,
+    *,
+    stall_timeout_s: float | None = None,
+) -> Any:
+    """The Ray Data graph for `refs` (a lazy Dataset; nothing runs until it is iterated).
+
+    `stall_timeout_s`: Ray Data stops the run when no block moves for this long (e.g. the only node
+    offering a stage's resources died); unset keeps Ray Data's default.
+    """
     import ray
 
     items = [r.as_row() for r in refs]
+    retries = retry_limits(host)
+    decode_placement: dict[str, Any] = {}
+    if plan.decode_resource:
+        decode_placement["resources"] = {plan.decode_resource: DECODE_RESOURCE_PER_TASK}
     ds: Any = ray.data.from_items(items, override_num_blocks=plan.input_blocks)
-    ds = ds.map_batches(
-        decode_batch,
-        fn_kwargs={"settings": decode},
-        batch_size=1,
-        batch_format="numpy",
-        num_cpus=plan.decode_cpus,
-        compute=ray.data.TaskPoolStrategy(size=plan.decode_concurrency),
-    )
-    ds = ds.map_batches(
-        Molmo2Host,
-        fn_constructor_kwargs={"settings": host},
-        batch_size=plan.batch_size,
-        batch_format="numpy",
-        num_cpus=plan.model_cpus,
-        num_gpus=plan.gpus_per_actor,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.model_actors),
-    )
+    with warnings.catch_warnings():
+        # Ray 2.60 has no named parameter for these yet; its generic remote-args route warns.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated.*")
+        ds = ds.map_batches(
+            decode_batch,
+            fn_kwargs={"settings": decode},
+            batch_size=1,
+            batch_format="numpy",
+            num_cpus=plan.decode_cpus,
+            compute=ray.data.TaskPoolStrategy(size=plan.decode_concurrency),
+            max_retries=retries["decode_max_retries"],
+            **decode_placement,
+        )
+        ds = ds.map_batches(
+            Molmo2Host,
+            fn_constructor_kwargs={"settings": host},
+            batch_size=plan.batch_size,
+            batch_format="numpy",
+            num_cpus=plan.model_cpus,
+            num_gpus=plan.gpus_per_actor,
+            compute=ray.data.ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.model_actors),
+            max_restarts=-1,  # a dead model actor is always replaced ...
+            max_task_retries=retries["model_max_task_retries"],  # ... but a call is retried a bounded number of times
+        )
+    if stall_timeout_s:
+        ds.context.execution_no_progress_timeout_s = stall_timeout_s  # this Dataset only, not the process
     return ds
+
+
+DECODE_MAX_RETRIES = 3
+
+
+def retry_limits(host: HostSettings) -> dict[str, int]:
+    """Bounds on Ray's own retries of work whose process died (Ray Data's defaults are infinite).
+
+    Python exceptions never reach Ray (both stages turn them into error rows); these bounds only count
+    process deaths. A model call that crashes is retried once as a batch and then `crash_retries` times
+    per culprit window (Molmo2Host); the bound leaves room for a few culprits in one call. Past a bound
+    Ray fails the block; run.py lets the run finish and reports those videos as incomplete.
+    """
+    return {
+        "decode_max_retries": DECODE_MAX_RETRIES,
+        "model_max_task_retries": 4 * (host.crash_retries + 1) + 2,
+    }

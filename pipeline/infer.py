@@ -17,14 +17,22 @@ raises on a bad window: errors are rows.
 from __future__ import annotations
 
 import copy
+import hashlib
+import logging
+import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from pipeline import testhooks
+from pipeline.progress import record_generation
+from pipeline.secrets import redact
 from pipeline.tasks import Task
+
+log = logging.getLogger(__name__)
 
 PASSTHROUGH = (
     "video_id",
@@ -37,6 +45,7 @@ PASSTHROUGH = (
     "codec",
     "rotation",
     "num_windows",
+    "source_metadata",
     "window_index",
     "t_start",
     "t_end",
@@ -63,6 +72,11 @@ class HostSettings:
     prefix_reuse: bool = True
     cache_dir: str | None = None
     endpoint_url: str | None = None
+    # Crash handling (see Molmo2Host): how often a window whose batch killed the model process is retried
+    # alone before it is written as an error row, and the driver's AttemptLedger that counts restarts.
+    crash_retries: int = 1
+    ledger: Any = field(default=None, compare=False)
+    test_hooks: testhooks.Hooks = ()  # TEST-ONLY fault injection (pipeline.testhooks)
 
 
 @dataclass
@@ -85,11 +99,16 @@ class WindowInput:
 
 
 def pick_device(requested: str) -> str:
-    """The device this actor should use: the GPU Ray gave it, else the CPU."""
+    """The device this actor should use, from what Ray actually gave it.
+
+    In a Ray worker, 'auto' is the GPU Ray assigned to the actor (`ray.get_gpu_ids()`; Ray narrows
+    CUDA_VISIBLE_DEVICES to it, so it is torch's "cuda"), and the CPU when Ray assigned none or the GPU is
+    only logical (a node declaring GPUs that torch cannot see: tests, mis-declared nodes). Outside Ray,
+    any visible CUDA device. In a Ray worker the choice is printed once, with what Ray assigned, to the
+    worker's log (which Ray forwards to the driver): one `molmo-batch placement:` line per model actor.
+    """
     import torch
 
-    if requested == "cpu":
-        return "cpu"
     gpu_ids: list[Any] = []
     try:
         import ray
@@ -99,12 +118,26 @@ def pick_device(requested: str) -> str:
     except Exception:
         gpu_ids = []
     has_cuda = torch.cuda.is_available()
-    if requested == "cuda":
+    in_ray = _in_ray_worker()
+    if requested == "cpu":
+        device = "cpu"
+    elif requested == "cuda":
         if not has_cuda:
             raise RuntimeError("device=cuda but no CUDA device is visible to this actor")
-        return "cuda"
-    # auto: a logical GPU without a physical one (tests, mis-declared nodes) still runs on the CPU
-    return "cuda" if has_cuda and (gpu_ids or not _in_ray_worker()) else "cpu"
+        device = "cuda"
+    else:  # auto: a logical GPU without a physical one still runs on the CPU
+        device = "cuda" if has_cuda and (gpu_ids or not in_ray) else "cpu"
+    if in_ray:
+        import ray
+
+        print(
+            f"molmo-batch placement: device={device} requested={requested} "
+            f"node={ray.get_runtime_context().get_node_id()} ray_gpu_ids={[str(g) for g in gpu_ids]} "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')} "
+            f"torch_cuda_devices={torch.cuda.device_count() if has_cuda else 0}",
+            flush=True,
+        )
+    return device
 
 
 def _in_ray_worker() -> bool:
@@ -288,6 +321,7 @@ class Molmo2Engine:
         results = []
         for w in windows:
             try:
+                self._inject_oom(len(prompts))
                 results.append(self.answer_shared_prefix(w, prompts))
             except Exception as exc:
                 if not _is_oom(exc):
@@ -297,15 +331,27 @@ class Molmo2Engine:
                 results.append(self._with_oom_split([w] * len(prompts), prompts))
         return results
 
+    def _inject_oom(self, batch: int) -> None:
+        """TEST-ONLY (pipeline.testhooks): raise MemoryError as a too-large batch would on a real device."""
+        hooks = getattr(self.settings, "test_hooks", ())
+        above = testhooks.get("OOM_ABOVE", hooks)
+        if testhooks.get("OOM_ALWAYS", hooks) or (above is not None and batch > int(above)):
+            raise MemoryError(f"injected out-of-memory for a batch of {batch} (MOLMO_BATCH_TEST_OOM_*)")
+
     def _with_oom_split(self, windows: Sequence[WindowInput], prompts: Sequence[str]) -> list[Answer]:
+        """`answer_batch`, halving the batch on out-of-memory until it fits; a single window that still
+        does not fit becomes an error answer. Depth is log2(batch): it always ends."""
         try:
+            self._inject_oom(len(windows))
             return self.answer_batch(windows, prompts)
         except Exception as exc:
             if not _is_oom(exc):
                 raise
             _free_memory()
+            log.warning("out of memory on a batch of %d; %s", len(windows), "giving up on it" if len(windows) == 1 else "splitting it")
             if len(windows) == 1:
-                return [Answer("", 0, 0, False, 0.0, type(exc).__name__, f"out of memory even alone: {exc}"[:2000])]
+                message = redact(f"out of memory even alone: {exc}")[:2000]
+                return [Answer("", 0, 0, False, 0.0, type(exc).__name__, message)]
             half = len(windows) // 2
             return self._with_oom_split(windows[:half], prompts[:half]) + self._with_oom_split(
                 windows[half:], prompts[half:]
@@ -322,12 +368,75 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+class AttemptLedger:
+    """Ray actor owned by the driver: counts how often each unit of model work was started and not
+    finished. It outlives the model actors, so a replacement actor knows that the batch it is given
+    already killed its predecessor."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, int] = {}
+
+    def begin(self, key: str) -> int:
+        self._open[key] = self._open.get(key, 0) + 1
+        return self._open[key]
+
+    def done(self, key: str) -> None:
+        self._open.pop(key, None)
+
+
 class Molmo2Host:
-    """Ray Data actor: decoded windows in, one row per (window, task) out."""
+    """Ray Data actor: decoded windows in, one row per (window, task) out.
+
+    Faults, and what becomes of them:
+    - an exception in the model (bad input, a bug) fails that call's windows as error rows;
+    - out of memory splits the batch (`Molmo2Engine._with_oom_split`);
+    - the process dying (segfault, OOM killer, CUDA fault, os._exit) is seen by Ray, which starts a new
+      actor and retries the call (bounded: graph.py). The retried call finds its batch in the
+      `AttemptLedger`, so it runs the windows one at a time; a window that still kills the process after
+      `crash_retries` retries alone is not run again but written as a `WorkerCrashed` error row, and the
+      others of its batch are answered normally. A deterministic crash ends as data, not a retry loop.
+    """
 
     def __init__(self, settings: HostSettings) -> None:
         self.settings = settings
         self.engine = Molmo2Engine(settings)
+
+    # -- crash bookkeeping -------------------------------------------------------------------------
+
+    def _begin(self, key: str) -> int:
+        if self.settings.ledger is None:
+            return 1
+        import ray
+
+        return int(ray.get(self.settings.ledger.begin.remote(key)))
+
+    def _done(self, key: str) -> None:
+        if self.settings.ledger is not None:
+            self.settings.ledger.done.remote(key)
+
+    def _crash_hooks(self, uris: Sequence[str]) -> None:
+        """TEST-ONLY (pipeline.testhooks): kill this process the way a native crash would."""
+        hooks = self.settings.test_hooks
+        marker = testhooks.get("CRASH_ONCE", hooks)
+        if marker and not os.path.exists(marker):
+            with open(marker, "w") as fh:
+                fh.write(f"{os.getpid()}\n")
+            os._exit(1)
+        needle = testhooks.get("CRASH_ON", hooks)
+        if needle and any(needle in u for u in uris):
+            os._exit(1)
+
+    def _answer(self, windows: list[WindowInput], uris: list[str]) -> list[list[Answer]]:
+        testhooks.event("infer-call", self.settings.test_hooks)
+        self._crash_hooks(uris)
+        try:
+            t0 = time.perf_counter()  # metrics (issue 6)
+            per_window = self.engine.answer_windows(windows, self.settings.tasks)
+            record_generation(per_window, time.perf_counter() - t0)  # Ray metrics (pipeline.progress)
+            return per_window
+        except Exception as exc:  # a model-side failure fails these windows, not the job
+            msg = redact(f"{type(exc).__name__}: {exc}")[:2000]
+            return [[Answer("", 0, 0, False, 0.0, type(exc).__name__, msg) for _ in self.settings.tasks] for _ in windows]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         n = len(batch["video_id"])
@@ -344,15 +453,26 @@ class Molmo2Host:
                 )
                 for i in todo
             ]
-            try:
-                per_window = self.engine.answer_windows(windows, self.settings.tasks)
-                answers = dict(zip(todo, per_window, strict=True))
-            except Exception as exc:  # a model-side failure fails these windows, not the job
-                msg = f"{type(exc).__name__}: {exc}"[:2000]
-                answers = {
-                    i: [Answer("", 0, 0, False, 0.0, type(exc).__name__, msg) for _ in self.settings.tasks]
-                    for i in todo
-                }
+            uris = [str(batch["uri"][i]) for i in todo]
+            keys = [f"{batch['video_id'][i]}#{int(batch['window_index'][i])}" for i in todo]
+            batch_key = "batch:" + hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()
+            if self._begin(batch_key) <= 1:
+                answers = dict(zip(todo, self._answer(windows, uris), strict=True))
+            else:
+                # This batch killed an actor before: isolate the culprit, one window at a time.
+                for i, window, uri, key in zip(todo, windows, uris, keys, strict=True):
+                    crashes = self._begin("window:" + key) - 1  # crashes while this window ran alone
+                    if crashes >= self.settings.crash_retries:
+                        msg = (
+                            f"the model process died on this window's batch and then {crashes} more time(s) "
+                            f"on the window alone (a crash, OOM kill or native fault); not retried past "
+                            f"model_crash_retries={self.settings.crash_retries}"
+                        )
+                        answers[i] = [Answer("", 0, 0, False, 0.0, "WorkerCrashed", msg) for _ in self.settings.tasks]
+                    else:
+                        answers[i] = self._answer([window], [uri])[0]
+                    self._done("window:" + key)
+            self._done(batch_key)
         for i in range(n):
             base = {k: _plain(batch[k][i]) for k in PASSTHROUGH}
             if i not in answers:  # failed decode: pass its error through once
@@ -398,7 +518,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):
-        return value.item()
+        value = value.item()
+    # A column that was all None in its block reaches us as NaN floats; passing NaN on would make it a
+    # float column that Ray Data cannot concatenate with the same column holding text in another batch.
+    if isinstance(value, float) and value != value:
+        return None
     return value
 
 

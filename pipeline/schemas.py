@@ -54,6 +54,7 @@ VIDEOS = pa.schema(
         pa.field("error_summary", pa.string()),
         pa.field("decoder", pa.string()),
         pa.field("tasks", pa.string()),
+        pa.field("source_metadata", pa.string()),  # JSON: shard sidecar or manifest columns
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("model_id", pa.string()),
         pa.field("processed_at", pa.timestamp("ms", tz="UTC")),
@@ -159,6 +160,46 @@ VIDEO_COUNTS = pa.schema(
     ]
 )
 
+# One row per run (`pipeline.progress.write_runs_row`): what ran, how, on what, and how it went. Written
+# once at the end of a run as its own file `runs/run_date=D/run-<run_id>.parquet`, outside the per-video
+# part protocol (its name never matches `part-<key>.parquet`, so `TableSink.recover()` leaves it alone).
+RUNS = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("command", pa.string()),  # the command line (credentials in URLs redacted)
+        pa.field("started_at", pa.timestamp("ms", tz="UTC")),
+        pa.field("finished_at", pa.timestamp("ms", tz="UTC")),
+        pa.field("status", pa.string()),  # ok | partial | failed (as the exit code) | error (the run broke)
+        pa.field("exit_code", pa.int32()),
+        pa.field("error", pa.string()),  # why the run itself broke (status error), else null
+        pa.field("input", pa.string()),
+        pa.field("output", pa.string()),
+        pa.field("config", pa.string()),  # JSON of the resolved config, secrets redacted
+        pa.field("package_versions", pa.string()),  # JSON {package: version}
+        pa.field("model_id", pa.string()),
+        pa.field("model_revision", pa.string()),  # requested revision, or the Hub snapshot's commit
+        pa.field("git_commit", pa.string()),  # of the pipeline's source tree, when it is a git checkout
+        pa.field("hostname", pa.string()),
+        pa.field("plan", pa.string()),  # model actors, GPUs, decode tasks
+        pa.field("videos_listed", pa.int32()),
+        pa.field("videos_skipped", pa.int32()),
+        pa.field("videos_ok", pa.int32()),
+        pa.field("videos_partial", pa.int32()),
+        pa.field("videos_failed", pa.int32()),
+        pa.field("windows", pa.int64()),
+        pa.field("answers", pa.int64()),
+        pa.field("prompt_tokens", pa.int64()),
+        pa.field("generated_tokens", pa.int64()),
+        pa.field("errors", pa.string()),  # JSON {"stage:ErrorType": count}
+        pa.field("rows_written", pa.string()),  # JSON {table: rows}
+        pa.field("elapsed_s", pa.float64()),
+        pa.field("decode_s", pa.float64()),  # summed wall time of the decode tasks
+        pa.field("model_s", pa.float64()),  # summed wall time of the model actors' calls
+        pa.field("generate_s", pa.float64()),  # summed generate latency (per batch, not per answer)
+        pa.field("write_s", pa.float64()),  # driver time collecting and writing tables
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "videos": VIDEOS,
     "captions": CAPTIONS,
@@ -168,6 +209,7 @@ TABLES: dict[str, pa.Schema] = {
     "tracks": TRACKS,
     "answers": ANSWERS,
     "video_counts": VIDEO_COUNTS,
+    "runs": RUNS,  # not part of the per-video commit protocol: see RUNS
 }
 
 # Written last in every flush: a video is done exactly when its `videos` row exists.
@@ -176,7 +218,7 @@ COMMIT_TABLE = "videos"
 
 def to_table(name: str, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     """Rows (dicts) -> a Table with exactly the table's schema; unknown keys are an error."""
-    schema = TABLES[name]
+    schema = TABLES[name] if name in TABLES else JOB_TABLES[name]
     rows = list(rows)
     for row in rows:
         extra = set(row) - set(schema.names)
@@ -184,3 +226,82 @@ def to_table(name: str, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
             raise KeyError(f"table {name}: unknown columns {sorted(extra)}")
     columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+# =================================================================================================
+# JOB_TABLES: tables written by the jobs in `jobs/` (not by the pipeline itself).
+#
+# Kept apart from TABLES on purpose: the pipeline's `TableSink.recover()` and commit record cover
+# TABLES only, while each job writes its tables with its own `TableSink(tables=..., commit_table=...)`
+# (same atomic part protocol, its own commit record). Layout is the same:
+# `<output>/<table>/run_date=YYYY-MM-DD/part-<key>.parquet`.
+# =================================================================================================
+
+_UTC_MS = pa.timestamp("ms", tz="UTC")
+
+# jobs.retail_counting: where a clip comes from, parsed from its path
+# (s3://BUCKET/store=<id>/camera=<id>/<clip start ISO 8601>.mp4 by default).
+_RETAIL_KEYS: list[pa.Field] = [
+    pa.field("store", pa.string(), nullable=False),
+    pa.field("camera", pa.string(), nullable=False),
+    pa.field("clip_start", _UTC_MS, nullable=False),  # wall-clock time of the clip's first frame
+]
+
+# Commit record of the retail job: a clip is post-processed exactly when its row exists.
+RETAIL_VIDEOS = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        *_RETAIL_KEYS,
+        pa.field("clip_end", _UTC_MS),  # clip_start + duration
+        pa.field("duration_s", pa.float64()),
+        pa.field("windows", pa.int32()),
+        pa.field("status", pa.string(), nullable=False),  # the pipeline's status: ok | partial
+        pa.field("source_run_id", pa.string(), nullable=False),  # the pipeline run whose rows were used
+        pa.field("run_id", pa.string(), nullable=False),  # the job run that wrote this row
+        pa.field("processed_at", _UTC_MS),
+    ]
+)
+
+# The pipeline's grounded tables, each with the clip's keys and wall-clock times added.
+RETAIL_COUNTS = pa.schema(
+    [
+        *_RETAIL_KEYS,
+        *COUNTS,
+        pa.field("wall_start", _UTC_MS),  # clip_start + t_start
+        pa.field("wall_end", _UTC_MS),  # clip_start + t_end
+    ]
+)
+
+RETAIL_POINTS = pa.schema([*_RETAIL_KEYS, *POINTS, pa.field("wall_time", _UTC_MS)])  # clip_start + t
+
+RETAIL_VIDEO_COUNTS = pa.schema([*_RETAIL_KEYS, *VIDEO_COUNTS, pa.field("clip_end", _UTC_MS)])
+
+# Hourly rollup per store, camera and query of the windows whose wall_start falls in the hour. Each
+# part holds the rollup of the clips committed with it, so an hour's clips processed in different
+# runs give several rows for that hour: all columns are mergeable (sum, max), see jobs.retail_counting.
+RETAIL_HOURLY = pa.schema(
+    [
+        pa.field("store", pa.string(), nullable=False),
+        pa.field("camera", pa.string(), nullable=False),
+        pa.field("query", pa.string(), nullable=False),
+        pa.field("hour", _UTC_MS, nullable=False),  # start of the hour (UTC)
+        pa.field("windows", pa.int32(), nullable=False),  # windows starting in the hour
+        pa.field("counted_windows", pa.int32(), nullable=False),  # of those, windows with a count
+        pa.field("count_sum", pa.int64()),  # sum of the per-window counts (null: no window had one)
+        pa.field("count_max", pa.int32()),  # largest per-window count
+        pa.field("videos", pa.int32(), nullable=False),  # clips contributing windows
+        pa.field("run_id", pa.string(), nullable=False),  # the job run that wrote the row
+    ]
+)
+
+RETAIL_TABLES: dict[str, pa.Schema] = {
+    "retail_videos": RETAIL_VIDEOS,
+    "retail_counts": RETAIL_COUNTS,
+    "retail_points": RETAIL_POINTS,
+    "retail_video_counts": RETAIL_VIDEO_COUNTS,
+    "retail_hourly": RETAIL_HOURLY,
+}
+RETAIL_COMMIT_TABLE = "retail_videos"
+
+JOB_TABLES: dict[str, pa.Schema] = {**RETAIL_TABLES}

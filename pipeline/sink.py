@@ -11,6 +11,11 @@ tracks, and `write_parquet` appends duplicates on rerun):
    `videos` row exists, so a rerun skips it and does no model work for it.
 4. On start, any part file without its `videos` file (a run killed mid-flush) is deleted: those videos
    are not done and are processed again, so no row is ever duplicated.
+5. Every storage call (list, read, write, delete) retries transient errors with backoff and jitter
+   within a budget (`pipeline.retry`). A write that still fails raises: its part stays uncommitted, so
+   the tables never show half a part, and the next run deletes the orphans and redoes those videos.
+
+One run writes to one output at a time: `recover()` would delete a concurrent run's uncommitted parts.
 """
 
 from __future__ import annotations
@@ -29,35 +34,43 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import testhooks
+from pipeline.retry import DEFAULT_POLICY, RetryPolicy, retry_call
 from pipeline.schemas import COMMIT_TABLE, TABLES, to_table
+from pipeline.secrets import redact
 from pipeline.storage import get_fs, join_url
 
 log = logging.getLogger(__name__)
 _PART_RE = re.compile(r"part-([0-9a-f]{24})\.parquet$")
 
 
-def _retry(fn: Any, what: str, attempts: int = 5, base_delay: float = 0.5) -> Any:
-    """Retry transient storage errors with exponential backoff and jitter."""
-    import random
-
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except (OSError, TimeoutError, ConnectionError) as exc:
-            if isinstance(exc, (FileNotFoundError, PermissionError)) or attempt == attempts - 1:
-                raise
-            delay = base_delay * 2**attempt * (0.5 + random.random())
-            log.warning("%s failed (%s); retrying in %.1fs", what, type(exc).__name__, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+def _retry(fn: Any, what: str, policy: RetryPolicy = DEFAULT_POLICY) -> Any:
+    """Retry transient storage errors with exponential backoff and jitter, within `policy`'s budget."""
+    return retry_call(fn, redact(what), policy)
 
 
 class TableSink:
     """Buffers finished videos' rows and writes them as committed parts."""
 
-    def __init__(self, output: str, *, run_date: str, endpoint_url: str | None = None) -> None:
+    def __init__(
+        self,
+        output: str,
+        *,
+        run_date: str,
+        endpoint_url: str | None = None,
+        tables: Mapping[str, pa.Schema] | None = None,
+        commit_table: str = COMMIT_TABLE,
+        retry: RetryPolicy = DEFAULT_POLICY,
+    ) -> None:
         self.output = output.rstrip("/")
         self.run_date = run_date
+        # The pipeline's tables by default; a job (e.g. jobs.retail_counting) passes its own tables from
+        # `schemas.JOB_TABLES` with its own commit table, and gets the same part protocol.
+        self.tables: dict[str, pa.Schema] = dict(tables) if tables is not None else dict(TABLES)
+        if commit_table not in self.tables:
+            raise ValueError(f"commit table {commit_table!r} is not one of the sink's tables")
+        self.commit_table = commit_table
+        self.retry = retry
         self.fs, self.root = get_fs(self.output, endpoint_url)
         self.root = self.root.rstrip("/")
         self._local = (self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]) in ("file", "local")
@@ -70,10 +83,10 @@ class TableSink:
 
     def _parts(self, table: str) -> dict[str, str]:
         base = f"{self.root}/{table}"
-        if not self.fs.exists(base):
+        if not _retry(lambda: self.fs.exists(base), f"list {base}", self.retry):
             return {}
         found: dict[str, str] = {}
-        for path in self.fs.find(base):
+        for path in _retry(lambda: self.fs.find(base), f"list {base}", self.retry):
             m = _PART_RE.search(path)
             if m:
                 found[path] = m.group(1)
@@ -82,14 +95,14 @@ class TableSink:
     def recover(self) -> int:
         """Delete part files whose commit record is missing; return how many were removed."""
         self.fs.invalidate_cache()
-        committed = set(self._parts(COMMIT_TABLE).values())
+        committed = set(self._parts(self.commit_table).values())
         removed = 0
-        for table in TABLES:
-            if table == COMMIT_TABLE:
+        for table in self.tables:
+            if table == self.commit_table:
                 continue
             for path, key in self._parts(table).items():
                 if key not in committed:
-                    _retry(lambda p=path: self.fs.rm(p), f"delete orphan {path}")
+                    _retry(lambda p=path: self.fs.rm(p), f"delete orphan {path}", self.retry)
                     removed += 1
         # Temporary files of an interrupted local write.
         if self._local and self.fs.exists(self.root):
@@ -100,10 +113,10 @@ class TableSink:
 
     def done_video_ids(self, *, statuses: Sequence[str] | None = None) -> set[str]:
         """Video ids with a committed `videos` row (optionally only with these statuses)."""
-        parts = self._parts(COMMIT_TABLE)
+        parts = self._parts(self.commit_table)
         done: set[str] = set()
         for path in parts:
-            table = _retry(lambda p=path: self._read(p, ["video_id", "status"]), f"read {path}")
+            table = _retry(lambda p=path: self._read(p, ["video_id", "status"]), f"read {path}", self.retry)
             ids = table.column("video_id").to_pylist()
             st = table.column("status").to_pylist()
             done.update(v for v, s in zip(ids, st, strict=True) if statuses is None or s in statuses)
@@ -117,10 +130,10 @@ class TableSink:
 
     def add_video(self, video_id: str, rows: Mapping[str, Sequence[dict[str, Any]]]) -> None:
         """Buffer one finished video's rows (table name -> rows); it must include its `videos` row."""
-        if not rows.get(COMMIT_TABLE):
-            raise ValueError(f"video {video_id} has no {COMMIT_TABLE} row")
+        if not rows.get(self.commit_table):
+            raise ValueError(f"video {video_id} has no {self.commit_table} row")
         for table, table_rows in rows.items():
-            if table not in TABLES:
+            if table not in self.tables:
                 raise KeyError(f"unknown table {table}")
             self._buffer[table].extend(table_rows)
         self._buffered_videos.append(video_id)
@@ -139,10 +152,19 @@ class TableSink:
         ).hexdigest()[:24]
         # Tables a video declared (even with zero rows) are written too, so every table the run's tasks
         # produce exists and can be queried, even when no answer held a point.
-        order = [t for t in TABLES if t != COMMIT_TABLE and t in self._buffer] + [COMMIT_TABLE]
+        order = [t for t in self.tables if t != self.commit_table and t in self._buffer]
+        tables = {t: to_table(t, self._buffer[t]) for t in [*order, self.commit_table]}
         for table in order:
-            data = to_table(table, self._buffer[table])
-            self._write(table, key, data)
+            self._write(table, key, tables[table])
+        testhooks.event("flush-data-written")
+        pauses = testhooks.get("FLUSH_PAUSE_S")
+        if pauses:  # TEST-ONLY: widen the window between data files and the commit file (kill tests)
+            values = [float(v) for v in pauses.split(",")]
+            time.sleep(values[min(self.parts_written, len(values) - 1)])
+        # The commit record goes last: until it exists, the files above are orphans a rerun deletes.
+        self._write(self.commit_table, key, tables[self.commit_table])
+        testhooks.event("flush-committed")
+        for table, data in tables.items():
             self.rows_written[table] += data.num_rows
         self._buffer.clear()
         self._buffered_videos.clear()
@@ -155,15 +177,30 @@ class TableSink:
         pq.write_table(data, buf, compression="zstd")
         payload = buf.getvalue()
         if self._local:
-            os.makedirs(folder, exist_ok=True)
-            tmp = f"{folder}/.tmp-{key}-{uuid.uuid4().hex[:8]}"
+            _retry(lambda: self._write_local(folder, key, path, payload), f"write {path}", self.retry)
+        else:
+            # One PUT (or a multipart upload completed in one call): the object is visible whole or not at all.
+            _retry(lambda: self.fs.pipe_file(path, payload), f"write {path}", self.retry)
+
+    @staticmethod
+    def _write_local(folder: str, key: str, path: str, payload: bytes) -> None:
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{folder}/.tmp-{key}-{uuid.uuid4().hex[:8]}"
+        try:
             with open(tmp, "wb") as fh:
                 fh.write(payload)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)  # atomic on POSIX: readers see the whole file or none
-        else:
-            _retry(lambda: self.fs.pipe_file(path, payload), f"write {path}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        # Make the rename itself durable, so a committed part survives a machine crash too.
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def table_url(self, table: str) -> str:
         return join_url(self.output, table)

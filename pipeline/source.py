@@ -23,9 +23,14 @@ class VideoRef:
     """One video to process."""
 
     video_id: str
-    uri: str
+    uri: str  # what users see: the object's URL, or `shard.tar#member.mp4` for a shard member
     size_bytes: int
     version: str
+    source_url: str = ""  # the object to read (the shard for a member); "" means `uri`
+    byte_offset: int = 0  # where the video's bytes start in `source_url`
+    byte_length: int = -1  # how many bytes to read (-1: the whole object)
+    source_metadata: str = ""  # JSON: a shard's sidecar, a manifest row's other columns
+    source_error: str = ""  # the source already knows this video cannot be read (an error row)
 
     def as_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,9 +69,26 @@ def list_videos(
     exclude: list[str] | None = None,
     endpoint_url: str | None = None,
     max_videos: int | None = None,
+    manifest_uri_column: str = "uri",
 ) -> list[VideoRef]:
-    """List videos under `url` (a folder/prefix or a single object), sorted by URI."""
+    """List videos under `url`: a folder/prefix or one object (sorted by URI), WebDataset tar shards
+    (brace ranges and globs: `.../{00000..00099}.tar`), or a manifest (.parquet/.csv/.jsonl)."""
     exclude = exclude or []
+    from pipeline import shards
+
+    refs: list[VideoRef] = []
+    if shards.is_manifest_input(url):
+        refs = shards.read_manifest(url, uri_column=manifest_uri_column, endpoint_url=endpoint_url)
+        return refs[:max_videos] if max_videos else refs
+    if shards.is_shard_input(url):
+        suffixes = [p.lstrip("*") for p in include if p.startswith("*.")]
+        for shard in shards.expand_shards(url):
+            refs.extend(shards.index_shard(shard, video_suffixes=suffixes, endpoint_url=endpoint_url))
+            if max_videos and len(refs) >= max_videos:
+                return refs[:max_videos]
+        if not refs:
+            raise SourceError(f"no shards match {url}")
+        return refs
     try:
         fs, root = get_fs(url, endpoint_url)
         root = root.rstrip("/")
@@ -83,7 +105,6 @@ def list_videos(
     except Exception as exc:  # permission, DNS, bad endpoint: say so at start, not per video
         raise SourceError(f"cannot list input {url}: {type(exc).__name__}: {exc}") from None
 
-    refs: list[VideoRef] = []
     for path in sorted(infos):
         info = infos[path]
         if info.get("type") == "directory":

@@ -1,0 +1,253 @@
+"""1. Decode: sampled frames delivered at model resolution per CPU-second, and bytes handed to the model.
+
+Baseline (the model card's path): ``molmo_utils.fetch_video`` with the decord backend (full-resolution
+frames; it opens decord with one thread), then the Molmo2 video processor's own resize to 378 px
+(``resize_and_normalize_image`` without normalisation: bilinear, as in the processor), giving uint8
+frames at model resolution.
+
+Candidate: ``pipeline.decode.decode_video`` as the decode stage runs it (PyAV probe of every packet's
+time, decord2 resizing inside the decoder, only the sampled frames converted, rotation), with the
+pipeline's default ``decode_threads=0`` and, for reference, 1 thread.
+
+Clock: process CPU time (user + system of every thread, ``os.times``), so the figure is frames per
+CPU-second and does not depend on other load on the machine; torch runs with 1 thread. Both paths sample
+at most 64 frames at most 2 fps (molmo_utils' ``uniform_last_frame`` picks 41 frames of a 20 s clip,
+the pipeline's native sampler 40): the figure is per delivered frame.
+
+Also measured, as a proposal for decode.py: PyAV decoding that skips non-reference frames nobody
+sampled (``skip_frame = NONREF`` while the next packet's time is not a sampled one), converting only the
+sampled frames to 378 px (``decode_skip_nonref`` below; frames are bit-identical to a full PyAV decode).
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import (
+    Result,
+    at_least,
+    at_most,
+    base_parser,
+    ensure_corpus,
+    median,
+    prepare_environment,
+    print_results,
+    spread,
+    timed,
+    write_json,
+)
+
+BENCH = "1 decode"
+FRAME_SIZE = 378
+NUM_FRAMES = 64
+MAX_FPS = 2.0
+
+
+def baseline_decode(path: Path, processor: Any) -> tuple[np.ndarray, int]:
+    """molmo_utils.fetch_video (decord) + the processor's resize; returns (frames at 378, full-res bytes)."""
+    import torch
+    from molmo_utils import fetch_video
+    from transformers.models.molmo2.video_processing_molmo2 import resize_and_normalize_image
+
+    frames, _meta = fetch_video(
+        {"video": str(path), "num_frames": NUM_FRAMES, "max_fps": MAX_FPS, "backend": "decord"}
+    )
+    full_bytes = int(np.asarray(frames).nbytes)
+    video = torch.from_numpy(np.asarray(frames)).permute(0, 3, 1, 2)
+    mean: Any = tuple(processor.image_mean)  # the processor fuses these into a cache key: hashable
+    std: Any = tuple(processor.image_std)
+    resized = resize_and_normalize_image(
+        processor,
+        video,
+        [FRAME_SIZE, FRAME_SIZE],
+        processor.resample,
+        do_rescale=False,
+        rescale_factor=1.0,
+        do_normalize=False,
+        image_mean=mean,
+        image_std=std,
+    )
+    out = resized.permute(0, 2, 3, 1).contiguous().numpy()
+    return out, full_bytes
+
+
+def candidate_decode(path: Path, threads: int) -> list[dict[str, Any]]:
+    """The pipeline's decode stage on one video: its window rows (frames already at 378 px)."""
+    from pipeline.decode import DecodeSettings, decode_video
+    from pipeline.sampling import FrameSampler
+
+    settings = DecodeSettings(
+        frame_size=FRAME_SIZE,
+        sampler=FrameSampler("native", NUM_FRAMES, MAX_FPS),
+        window_s=60.0,
+        overlap_s=5.0,
+        threads=threads,
+    )
+    ref = {"video_id": path.stem, "uri": str(path), "size_bytes": path.stat().st_size}
+    rows = list(decode_video(ref, settings))
+    if any(r["decode_status"] != "ok" for r in rows):
+        raise RuntimeError(f"decode failed on {path}: {rows[0].get('error_message')}")
+    return rows
+
+
+def decode_skip_nonref(path: Path, size: int = FRAME_SIZE, skip: bool = True) -> np.ndarray:
+    """Proposal for decode.py: PyAV, one thread, non-reference frames that are not sampled are skipped.
+
+    A non-reference frame (e.g. a plain B-frame) is never used to predict another frame, so not decoding
+    it cannot change any other frame; only sampled frames are converted (and resized) to RGB.
+    """
+    import av
+
+    from pipeline.decode import probe_video
+    from pipeline.sampling import FrameSampler, Window, frames_in_window
+
+    probe = probe_video(path.as_posix())
+    times = probe.frame_times
+    window = Window(0, 0.0, probe.duration_s)
+    in_window = frames_in_window(times, window, is_last=True)
+    picked = FrameSampler("native", NUM_FRAMES, MAX_FPS).sample(times[in_window].tolist(), probe.fps)
+    wanted = {round(float(times[in_window[i]]) * 1e6) for i in picked}
+    out: dict[int, np.ndarray] = {}
+    with av.open(path.as_posix()) as container:
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        tb = float(stream.time_base or 0)
+        start = stream.start_time or 0
+        for packet in container.demux(stream):
+            if skip and packet.pts is not None:
+                key = round((packet.pts - start) * tb * 1e6)
+                ctx.skip_frame = "DEFAULT" if key in wanted else "NONREF"
+            for frame in packet.decode():
+                if frame.pts is None:
+                    continue
+                key = round((frame.pts - start) * tb * 1e6)
+                if key in wanted and key not in out:
+                    out[key] = frame.to_ndarray(width=size, height=size, format="rgb24")
+    return np.stack([out[k] for k in sorted(out)])
+
+
+def run(quick: bool, workdir: Path, rounds: int) -> list[Result]:
+    prepare_environment()
+    import torch
+    from transformers import Molmo2VideoProcessor
+
+    torch.set_num_threads(1)
+    clips = ensure_corpus("quick" if quick else "hd", workdir)
+    processor = Molmo2VideoProcessor()
+
+    # Warm-up (imports, decoder libraries) outside the clock.
+    baseline_decode(clips[0], processor)
+    candidate_decode(clips[0], 0)
+
+    # Bit-identity of the proposal against a plain PyAV decode (same conversion), on one clip.
+    same = np.array_equal(decode_skip_nonref(clips[0], skip=True), decode_skip_nonref(clips[0], skip=False))
+
+    names = ["baseline", "pipeline", "pipeline_t1", "proposal"]
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    ratios: dict[str, list[float]] = {n: [] for n in names[1:]}
+    bytes_ratio: list[float] = []
+    full_bytes_per_frame = 0.0
+    model_bytes_per_frame = 0.0
+    for r in range(rounds):
+        frames = dict.fromkeys(names, 0)
+        cpu = dict.fromkeys(names, 0.0)
+        for i, clip in enumerate(clips):
+            order = names if (r + i) % 2 == 0 else list(reversed(names))  # interleave, alternate who goes first
+            for name in order:
+                if name == "baseline":
+                    (out, full), t = timed(partial(baseline_decode, clip, processor))
+                    frames[name] += len(out)
+                    full_bytes_per_frame = full / len(out)
+                elif name == "proposal":
+                    out, t = timed(partial(decode_skip_nonref, clip))
+                    frames[name] += len(out)
+                else:
+                    threads = 1 if name == "pipeline_t1" else 0
+                    rows, t = timed(partial(candidate_decode, clip, threads))
+                    n = sum(len(row["frames"]) for row in rows)
+                    frames[name] += n
+                    if name == "pipeline":
+                        handed = sum(len(pickle.dumps(row, protocol=5)) for row in rows)
+                        model_bytes_per_frame = handed / n
+                cpu[name] += t.cpu_s
+        for name in names:
+            rates[name].append(frames[name] / cpu[name])
+        for name in names[1:]:
+            ratios[name].append(rates[name][-1] / rates["baseline"][-1])
+        bytes_ratio.append(model_bytes_per_frame / full_bytes_per_frame)
+
+    spec = "x".join(str(x) for x in np.asarray(_first_frame_shape(clips[0])))
+    corpus = f"{len(clips)} clips, {spec}, H.264"
+    results = [
+        Result(
+            BENCH,
+            "frames at model resolution per CPU-second, pipeline decode (decode_threads=0) / molmo_utils+resize",
+            median(ratios["pipeline"]),
+            ">= 2x",
+            at_least(median(ratios["pipeline"]), 2.0),
+            detail=(
+                f"frames/CPU-s: pipeline {spread(rates['pipeline'])}, baseline {spread(rates['baseline'])}; "
+                f"ratio per round {[round(x, 2) for x in ratios['pipeline']]}; {corpus}"
+            ),
+        ),
+        Result(
+            BENCH,
+            "same, pipeline decode with decode_threads=1",
+            median(ratios["pipeline_t1"]),
+            "",
+            None,
+            detail=f"frames/CPU-s: {spread(rates['pipeline_t1'])}",
+        ),
+        Result(
+            BENCH,
+            "same, proposal: PyAV skipping unsampled non-reference frames (not in the pipeline yet)",
+            median(ratios["proposal"]),
+            "",
+            None,
+            detail=f"frames/CPU-s: {spread(rates['proposal'])}; bit-identical to a full PyAV decode: {same}",
+        ),
+        Result(
+            BENCH,
+            "bytes handed to the model stage per frame (pickled window row) / full-resolution frame",
+            median(bytes_ratio),
+            "<= 0.1 (1/10)",
+            at_most(median(bytes_ratio), 0.1),
+            unit="",
+            detail=(
+                f"{model_bytes_per_frame / 1e3:.0f} kB vs {full_bytes_per_frame / 1e3:.0f} kB per frame "
+                f"(1/{1 / median(bytes_ratio):.1f})"
+            ),
+        ),
+    ]
+    return results
+
+
+def _first_frame_shape(path: Path) -> Sequence[int]:
+    import av
+
+    with av.open(path.as_posix()) as container:
+        stream = container.streams.video[0]
+        return (int(stream.width or 0), int(stream.height or 0))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__.splitlines()[0] if __doc__ else "decode benchmark")
+    parser.add_argument("--rounds", type=int, default=None, help="Interleaved rounds over the corpus (default 2).")
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (1 if args.quick else 2)
+    started = time.perf_counter()
+    results = run(args.quick, args.workdir, rounds)
+    print_results(f"1. Decode ({time.perf_counter() - started:.0f} s)", results)
+    write_json(args.json_path, results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,321 @@
+"""Retail counting: count queries (person, shopping cart, ...) in store camera clips, per window of N
+seconds, with wall-clock times, and an hourly rollup per store, camera and query.
+
+Input layout (configurable, see `jobs.layout`): `s3://BUCKET/[PREFIX/]store=<id>/camera=<id>/<clip start
+ISO 8601>.mp4`, e.g. `store=17/camera=3/2026-11-01T13:45:00Z.mp4`. Videos that do not follow the layout
+are left out (and listed in the summary).
+
+Two steps:
+1. The pipeline, with one `count:<query>` task per query and windows of `--window-s` seconds (no
+   overlap unless `--overlap-s` is given, so per-window counts add up), writes its tables (`videos`,
+   `counts`, `points`, `video_counts`, `errors`) under `--output`.
+2. Post-processing reads those committed tables and writes the job's own tables under the same
+   `--output` (schemas in `pipeline.schemas.JOB_TABLES`, same atomic part protocol as the pipeline,
+   `retail_videos` as the commit record): `retail_counts`, `retail_points`, `retail_video_counts`
+   (the pipeline's rows plus `store`, `camera`, `clip_start` and wall-clock times: `wall_start` /
+   `wall_end` = clip_start + t_start / t_end, `wall_time` = clip_start + t) and `retail_hourly`
+   (store, camera, query, hour (UTC), windows, counted_windows, count_sum, count_max, videos).
+   It covers every ok/partial clip not yet in `retail_videos`, so a run interrupted between the two
+   steps is completed by the next one, and `--postprocess-only` re-runs step 2 alone.
+
+`retail_hourly` rows summarise the clips committed in one part: when clips of the same hour arrive on
+different nights, that hour has several rows. Every column merges exactly:
+
+    SELECT store, camera, query, hour, sum(windows) AS windows, sum(counted_windows) AS counted_windows,
+           sum(count_sum) AS count_sum, max(count_max) AS count_max, sum(videos) AS videos
+    FROM retail_hourly GROUP BY ALL ORDER BY ALL
+
+Exit status as the pipeline's (0 ok, 3 partial, 1 failed, 2 bad configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs.common import (
+    JobOption,
+    build_parser,
+    csv_list,
+    print_config,
+    read_table,
+    resolve,
+    run_main,
+    setup_logging,
+)
+from jobs.layout import DEFAULT_LAYOUT, ClipLayout, LayoutError
+from pipeline.config import ConfigError, RunConfig
+from pipeline.run import EXIT_OK, new_run_id, run_date_for, run_pipeline
+from pipeline.schemas import RETAIL_COMMIT_TABLE, RETAIL_TABLES
+from pipeline.sink import TableSink
+from pipeline.source import VideoRef
+
+SECTION = "retail"
+OPTIONS = (
+    JobOption(
+        "queries",
+        "What to count, comma-separated (each becomes a count:<query> task), e.g. 'person,shopping cart'.",
+        default=["person", "shopping cart"],
+        type=csv_list,
+        metavar="Q1,Q2,...",
+    ),
+    JobOption(
+        "layout",
+        "Path template of the clips below the bucket/prefix: {store}, {camera} and {clip_start} are "
+        "captured, * matches within one path segment.",
+        default=DEFAULT_LAYOUT,
+        metavar="TEMPLATE",
+    ),
+    JobOption(
+        "layout_regex",
+        "A regular expression instead of --layout, with named groups store, camera and clip_start "
+        "(searched in the URI without its scheme).",
+        metavar="REGEX",
+    ),
+    JobOption(
+        "naive_timezone",
+        "IANA time zone of clip start times written without an offset (times are stored in UTC).",
+        default="UTC",
+        metavar="TZ",
+    ),
+    JobOption(
+        "postprocess_only",
+        "Skip the model run: only derive the retail tables from the pipeline tables already under --output.",
+        default=False,
+        action="store_true",
+    ),
+)
+
+
+def _pipeline_defaults(nested: dict[str, Any], job: dict[str, Any]) -> None:
+    queries = [q for q in job.get("queries") or [] if q]
+    if isinstance(job.get("queries"), str):
+        queries = csv_list(job["queries"])
+    if not queries:
+        raise ConfigError("retail: no queries: pass --queries person,'shopping cart' (or retail.queries in YAML)")
+    job["queries"] = queries
+    tasks = nested.setdefault("tasks", {})
+    given = tasks.get("tasks") or []
+    if isinstance(given, str):
+        given = csv_list(given)
+    tasks["tasks"] = [f"count:{q}" for q in queries] + [t for t in given if t not in {f"count:{q}" for q in queries}]
+    # Windows that do not overlap, so counts per window add up in the hourly rollup.
+    nested.setdefault("window", {}).setdefault("overlap_s", 0.0)
+
+
+def build(argv: list[str] | None = None) -> tuple[argparse.Namespace, RunConfig, dict[str, Any], ClipLayout]:
+    parser = build_parser(
+        "python -m jobs.retail_counting",
+        "Count queries in store camera clips (store=<id>/camera=<id>/<ISO start>.mp4) per window, with "
+        "wall-clock times, and roll the counts up per hour, store, camera and query.",
+        SECTION,
+        OPTIONS,
+    )
+    args = parser.parse_args(argv)
+    config, job = resolve(args, SECTION, OPTIONS, _pipeline_defaults)
+    try:
+        layout = ClipLayout.create(job.get("layout"), job.get("layout_regex"), job.get("naive_timezone") or "UTC")
+    except LayoutError as exc:
+        raise ConfigError(str(exc)) from None
+    return args, config, job, layout
+
+
+# -------------------------------------------------------------------------------------------------
+# Post-processing: pipeline tables -> retail tables
+
+
+@dataclass
+class PostSummary:
+    clips: int = 0  # clips written to the retail tables by this run
+    not_matching: list[str] = field(default_factory=list)  # ok/partial videos outside the layout
+    already_done: int = 0
+    rows_written: dict[str, int] = field(default_factory=dict)
+    recovered: int = 0
+
+    def render(self) -> str:
+        lines = [f"retail post-processing: {self.clips} clip(s) added, {self.already_done} already in retail tables"]
+        if self.rows_written:
+            lines.append("  rows written: " + ", ".join(f"{k}={v}" for k, v in sorted(self.rows_written.items())))
+        if self.not_matching:
+            lines.append(f"  {len(self.not_matching)} video(s) do not follow the layout, left out: "
+                         + ", ".join(self.not_matching[:5]) + (" ..." if len(self.not_matching) > 5 else ""))
+        return "\n".join(lines)
+
+
+def _duck() -> Any:
+    import duckdb
+
+    con: Any = duckdb.connect()
+    con.sql("SET TimeZone='UTC'")
+    return con
+
+
+def _selected_clips(output: str, layout: ClipLayout, done: set[str], endpoint_url: str | None,
+                    summary: PostSummary) -> pa.Table:
+    """One row per clip to post-process: its newest ok/partial `videos` row, with the layout's keys."""
+    videos = read_table(output, "videos", endpoint_url=endpoint_url,
+                        columns=["video_id", "uri", "duration_s", "windows", "status", "run_id", "processed_at"])
+    con = _duck()
+    con.register("videos", videos)
+    latest = con.sql(
+        "SELECT * FROM videos WHERE status IN ('ok', 'partial') "
+        "QUALIFY row_number() OVER (PARTITION BY video_id ORDER BY processed_at DESC, run_id DESC) = 1 ORDER BY uri"
+    ).to_arrow_table()
+    rows = []
+    for v in latest.to_pylist():
+        if v["video_id"] in done:
+            summary.already_done += 1
+            continue
+        key = layout.parse(v["uri"])
+        if key is None:
+            summary.not_matching.append(v["uri"])
+            continue
+        duration = v["duration_s"]
+        rows.append({
+            "video_id": v["video_id"], "uri": v["uri"], "store": key.store, "camera": key.camera,
+            "clip_start": key.clip_start,
+            "clip_end": key.clip_start + timedelta(seconds=duration) if duration is not None else None,
+            "duration_s": duration, "windows": v["windows"], "status": v["status"], "source_run_id": v["run_id"],
+        })
+    schema = pa.schema([RETAIL_TABLES[RETAIL_COMMIT_TABLE].field(n) for n in
+                        ("video_id", "uri", "store", "camera", "clip_start", "clip_end", "duration_s", "windows",
+                         "status", "source_run_id")])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+_EXTRA = {
+    "retail_counts": (
+        "counts",
+        "v.clip_start + to_microseconds(CAST(round(t.t_start * 1e6) AS BIGINT)) AS wall_start, "
+        "v.clip_start + to_microseconds(CAST(round(t.t_end * 1e6) AS BIGINT)) AS wall_end",
+    ),
+    "retail_points": ("points", "v.clip_start + to_microseconds(CAST(round(t.t * 1e6) AS BIGINT)) AS wall_time"),
+    "retail_video_counts": ("video_counts", "v.clip_end AS clip_end"),
+}
+
+
+def _enriched(con: Any, output: str, clips: pa.Table, endpoint_url: str | None) -> dict[str, pa.Table]:
+    """The pipeline's rows of these clips (from the run that made each clip's `videos` row) + keys + times."""
+    ids = clips.column("video_id")
+    out: dict[str, pa.Table] = {}
+    for name, (source, extra) in _EXTRA.items():
+        rows = read_table(output, source, endpoint_url=endpoint_url, filter=pc.field("video_id").isin(ids))
+        con.register("t", rows)
+        table = con.sql(
+            f"SELECT v.store, v.camera, v.clip_start, t.*, {extra} FROM t "
+            "JOIN clips v ON t.video_id = v.video_id AND t.run_id = v.source_run_id"
+        ).to_arrow_table()
+        con.unregister("t")
+        schema = RETAIL_TABLES[name]
+        out[name] = table.select(schema.names).cast(schema, safe=False)
+    return out
+
+
+def _hourly(con: Any, counts: pa.Table, run_id: str) -> list[dict[str, Any]]:
+    con.register("rc", counts)
+    rows = con.sql(
+        """
+        SELECT store, camera, query, date_trunc('hour', wall_start) AS hour,
+               count(*) AS windows, count("count") AS counted_windows,
+               sum("count") AS count_sum, max("count") AS count_max, count(DISTINCT video_id) AS videos
+        FROM rc GROUP BY ALL ORDER BY ALL
+        """
+    ).to_arrow_table().to_pylist()
+    con.unregister("rc")
+    return [{**r, "run_id": run_id} for r in rows]
+
+
+def postprocess(
+    output: str,
+    layout: ClipLayout,
+    *,
+    run_id: str,
+    endpoint_url: str | None = None,
+    flush_videos: int = 64,
+    echo: Any = print,
+) -> PostSummary:
+    """Write the retail tables for every ok/partial clip under `output` not yet in `retail_videos`."""
+    summary = PostSummary()
+    sink = TableSink(output, run_date=run_date_for(run_id), endpoint_url=endpoint_url,
+                     tables=RETAIL_TABLES, commit_table=RETAIL_COMMIT_TABLE)
+    summary.recovered = sink.recover()
+    if summary.recovered:
+        echo(f"retail: removed {summary.recovered} uncommitted part file(s) left by an interrupted run")
+    clips = _selected_clips(output, layout, sink.done_video_ids(), endpoint_url, summary)
+    if clips.num_rows == 0:
+        return summary
+    con = _duck()
+    con.register("clips", clips)
+    tables = _enriched(con, output, clips, endpoint_url)
+    by_video: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for name, table in tables.items():
+        for row in table.to_pylist():
+            by_video[row["video_id"]][name].append(row)
+    now = datetime.now(UTC)
+    clip_rows = clips.to_pylist()
+    for start in range(0, len(clip_rows), flush_videos):
+        batch = clip_rows[start : start + flush_videos]
+        batch_ids = pa.array([c["video_id"] for c in batch])
+        batch_counts = tables["retail_counts"].filter(pc.is_in(tables["retail_counts"].column("video_id"), batch_ids))
+        hourly = _hourly(con, batch_counts, run_id)
+        for i, clip in enumerate(batch):
+            rows: dict[str, list[dict[str, Any]]] = {name: by_video[clip["video_id"]][name] for name in _EXTRA}
+            rows[RETAIL_COMMIT_TABLE] = [{**clip, "run_id": run_id, "processed_at": now}]
+            rows["retail_hourly"] = hourly if i == len(batch) - 1 else []
+            sink.add_video(clip["video_id"], rows)
+        sink.flush()
+        summary.clips += len(batch)
+    summary.rows_written = dict(sink.rows_written)
+    return summary
+
+
+def run(config: RunConfig, job: dict[str, Any], layout: ClipLayout, echo: Any = print) -> int:
+    endpoint = config.source.s3_endpoint_url
+    exit_code = EXIT_OK
+    run_id = config.output.run_id or new_run_id()
+    if not job.get("postprocess_only"):
+        config = config.model_copy(update={"output": config.output.model_copy(update={"run_id": run_id})})
+        skipped: list[str] = []
+
+        def follows_layout(ref: VideoRef) -> bool:
+            ok = layout.parse(ref.uri) is not None
+            if not ok:
+                skipped.append(ref.uri)
+            return ok
+
+        summary = run_pipeline(config, echo=echo, video_filter=follows_layout)
+        echo(summary.render())
+        if skipped:
+            echo(f"left out {len(skipped)} video(s) that do not follow the layout: " + ", ".join(skipped[:5])
+                 + (" ..." if len(skipped) > 5 else ""))
+        exit_code = summary.exit_code
+    post = postprocess(config.output.output, layout, run_id=run_id, endpoint_url=endpoint,
+                       flush_videos=config.output.flush_videos, echo=echo)
+    echo(post.render())
+    return exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    def body() -> int:
+        args, config, job, layout = build(argv)
+        setup_logging(args.verbose)
+        if args.print_config:
+            print_config(config, SECTION, job)
+            return 0
+        if not job.get("postprocess_only"):
+            config.check_ready()
+        elif not config.output.output:
+            raise ConfigError("no output: pass --output URL (the tables to post-process)")
+        return run(config, job, layout, echo=lambda m: print(m, flush=True))
+
+    return run_main(body)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
