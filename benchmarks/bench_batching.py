@@ -34,19 +34,14 @@ from benchmarks.common import (
 BENCH = "3 batching"
 
 
-def run(quick: bool, workdir: Path, rounds: int, frames: int | None = None) -> list[Result]:
-    prepare_environment()
-    import torch
-
+def measure(
+    model: Path, size: int, num_frames: int, new_tokens: int, batch_size: int, rounds: int
+) -> dict[str, list[float] | bool]:
+    """CPU and wall seconds for `batch_size` windows: one host call with all of them, and one call each."""
     from benchmarks.tiny import FixedLengthEngine, host_batch, host_settings, window
-    from pipeline.config import ModelConfig
     from pipeline.infer import Molmo2Host
     from pipeline.tasks import build_tasks
 
-    torch.set_num_threads(1)
-    size, num_frames, new_tokens = (112, 8, 8) if quick else (378, frames or 64, 24)
-    batch_size = ModelConfig().batch_size
-    model = ensure_tiny_model(workdir, size)
     settings = host_settings(str(model), tuple(build_tasks(["caption"])), new_tokens)
     host = Molmo2Host(settings)
     host.engine = FixedLengthEngine(settings)
@@ -61,19 +56,50 @@ def run(quick: bool, workdir: Path, rounds: int, frames: int | None = None) -> l
         return [str(host(b)["answer"][0]) for b in singles]
 
     host(singles[0])  # warm-up
-    cpu: dict[str, list[float]] = {"batched": [], "single": []}
-    wall: dict[str, list[float]] = {"batched": [], "single": []}
+    res: dict[str, list[float]] = {"cpu_batched": [], "cpu_single": [], "wall_batched": [], "wall_single": []}
     out: dict[str, list[str]] = {}
     for r in range(rounds):
         order = [("batched", batched), ("single", one_at_a_time)]
         for name, fn in order if r % 2 == 0 else reversed(order):
             out[name], t = timed(fn)
-            cpu[name].append(t.cpu_s)
-            wall[name].append(t.wall_s)
-    gain = [s / b for s, b in zip(cpu["single"], cpu["batched"], strict=True)]
-    wall_gain = [s / b for s, b in zip(wall["single"], wall["batched"], strict=True)]
-    rate_b = batch_size / median(cpu["batched"])
-    rate_1 = batch_size / median(cpu["single"])
+            res[f"cpu_{name}"].append(t.cpu_s)
+            res[f"wall_{name}"].append(t.wall_s)
+    return {**res, "same": out["batched"] == out["single"]}
+
+
+def run(quick: bool, workdir: Path, rounds: int, frames: int | None = None) -> list[Result]:
+    prepare_environment()
+    import dataclasses
+
+    import torch
+
+    from benchmarks.latency_model import NIGHTLY_CAPTIONING, GpuModel, window_gpu_s
+    from pipeline.config import ModelConfig
+
+    torch.set_num_threads(1)
+    size, num_frames, new_tokens = (112, 8, 8) if quick else (378, frames or 64, 24)
+    batch_size = ModelConfig().batch_size
+    model = ensure_tiny_model(workdir, size)
+    main = measure(model, size, num_frames, new_tokens, batch_size, rounds)
+    short = measure(model, size, 8, 8 if quick else 64, batch_size, rounds)
+
+    def gains(m: dict[str, list[float] | bool], kind: str) -> list[float]:
+        single, batched = m[f"{kind}_single"], m[f"{kind}_batched"]
+        assert isinstance(single, list) and isinstance(batched, list)
+        return [s / b for s, b in zip(single, batched, strict=True)]
+
+    def cpu(m: dict[str, list[float] | bool], name: str) -> list[float]:
+        values = m[f"cpu_{name}"]
+        assert isinstance(values, list)
+        return values
+
+    gain = gains(main, "cpu")
+    rate_b = batch_size / median(cpu(main, "batched"))
+    rate_1 = batch_size / median(cpu(main, "single"))
+    gpu = GpuModel()
+    modelled = window_gpu_s(dataclasses.replace(NIGHTLY_CAPTIONING, batch_size=1), gpu) / window_gpu_s(
+        dataclasses.replace(NIGHTLY_CAPTIONING, batch_size=batch_size), gpu
+    )
     return [
         Result(
             BENCH,
@@ -83,18 +109,32 @@ def run(quick: bool, workdir: Path, rounds: int, frames: int | None = None) -> l
             at_least(median(gain), 2.0),
             detail=(
                 f"windows/CPU-s: batched {rate_b:.3g}, one at a time {rate_1:.3g} "
-                f"(CPU s per {batch_size} windows: {spread(cpu['batched'])} vs {spread(cpu['single'])}); "
-                f"{num_frames} frames of {size} px, {new_tokens} new tokens; answers identical: "
-                f"{out['batched'] == out['single']}"
+                f"(CPU s per {batch_size} windows: {spread(cpu(main, 'batched'))} vs {spread(cpu(main, 'single'))}); "
+                f"{num_frames} frames of {size} px, {new_tokens} new tokens; answers identical: {main['same']}"
             ),
         ),
         Result(
             BENCH,
             f"same, wall clock (batch {batch_size} / batch 1)",
-            median(wall_gain),
+            median(gains(main, "wall")),
             "",
             None,
-            detail=f"wall s per {batch_size} windows: batched {spread(wall['batched'])}, single {spread(wall['single'])}",
+        ),
+        Result(
+            BENCH,
+            f"same, decode-bound windows (8 frames, {8 if quick else 64} new tokens), CPU",
+            median(gains(short, "cpu")),
+            "",
+            None,
+            detail=f"CPU s per {batch_size} windows: {spread(cpu(short, 'batched'))} vs {spread(cpu(short, 'single'))}",
+        ),
+        Result(
+            BENCH,
+            f"latency model (SIMULATION), H100, nightly captioning: batch {batch_size} / batch 1",
+            modelled,
+            "",
+            None,
+            detail="one decoding step reads the 15 GB of weights once for every row of the batch",
         ),
     ]
 

@@ -13,7 +13,7 @@ import duckdb
 import pytest
 
 from jobs import nightly_captions, retail_counting
-from jobs.common import latest_videos, read_table
+from jobs.common import build_parser, latest_videos, read_table
 from jobs.layout import ClipLayout, LayoutError, parse_clip_start, template_to_regex
 from pipeline.config import SECTIONS
 from pipeline.sink import TableSink
@@ -193,7 +193,7 @@ def test_every_job_option_has_help(module: Any, capsys: pytest.CaptureFixture[st
     for model in SECTIONS.values():
         for name in model.model_fields:
             assert "--" + name.replace("_", "-") in text
-    parser = module.build.__globals__["build_parser"]("x", "x", module.SECTION, module.OPTIONS)
+    parser = build_parser("x", "x", module.SECTION, module.OPTIONS)
     for action in parser._actions:
         if not isinstance(action, argparse._HelpAction):
             assert action.help, action.option_strings

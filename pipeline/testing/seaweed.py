@@ -298,8 +298,6 @@ class SeaweedServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
-            with contextlib.suppress(ProcessLookupError):  # anything left in its group
-                os.killpg(proc.pid, signal.SIGKILL)
             # `weed` leaves unix sockets named after its ports in /tmp.
             for port in self.ports.values():
                 for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
