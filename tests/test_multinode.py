@@ -31,7 +31,7 @@ from pipeline.graph import DECODE_CPUS_PER_GPU, ClusterInfo, plan_resources, unm
 from pipeline.run import PipelineError, RunSummary, run_pipeline
 from pipeline.samples import SampleSpec, write_demo_corpus
 
-NUM_VIDEOS = 12  # 3 s clips: one window each, enough that both model actors get work
+NUM_VIDEOS = 8  # 3 s clips: one window each, enough that both model actors get several
 DECODE_TASK = "MapBatches(decode_batch)"
 MODEL_CALL = "MapWorker(MapBatches(Molmo2Host)).submit"
 
@@ -53,7 +53,8 @@ def _config(videos: Path, model: Path, out: Path, **sections: dict[str, Any]) ->
     data: dict[str, Any] = {
         "source": {"input": str(videos)},
         # batch 1: the same windows meet the same model calls on one node or four (greedy, deterministic)
-        "model": {"model": str(model), "max_new_tokens": 24, "batch_size": 1},
+        # 48 tokens: a model call lasts long enough (~1 s) to be caught in flight
+        "model": {"model": str(model), "max_new_tokens": 48, "batch_size": 1},
         "window": {"window_s": 10.0, "overlap_s": 2.0},
         "sampling": {"num_frames": 8, "max_fps": 2.0},
         "tasks": {"tasks": "caption"},
@@ -164,14 +165,14 @@ class Background:
         except BaseException as exc:
             self.error = exc
 
-    def wait_for(self, ready: Callable[[], bool], what: str, timeout: float = 240.0) -> None:
+    def wait_for(self, ready: Callable[[], bool], what: str, timeout: float = 240.0, interval: float = 0.5) -> None:
         deadline = time.monotonic() + timeout
         while not ready():
             if not self._thread.is_alive():
                 raise AssertionError(f"the run ended before {what}: {self.error!r}\n" + "\n".join(self.messages))
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}\n" + "\n".join(self.messages))
-            time.sleep(0.5)
+            time.sleep(interval)
 
     def join(self, timeout: float = 300.0) -> None:
         self._thread.join(timeout)
@@ -237,8 +238,12 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(corpus: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], str]:
-    """Captions of a single-node run (an embedded local Ray) on the same videos."""
-    _stop_driver_ray()
+    """Captions of a single-node run on the same videos: on the session's local Ray when it is up (one
+    node), else on an embedded one."""
+    import ray
+
+    if ray.is_initialized() and len(ray.nodes()) != 1:
+        _stop_driver_ray()
     out = tmp_path_factory.mktemp("single-node") / "tables"
     try:
         summary = run_pipeline(_config(corpus, tiny_model_dir, out, ray={"ray_num_cpus": 4}), echo=lambda _m: None)
@@ -277,9 +282,20 @@ def nodes(reference: dict[tuple[str, int], str]) -> Iterator[Nodes]:
 
 @pytest.mark.integration
 def test_placement_by_resources_and_a_gpu_node_lost_mid_run(
-    nodes: Nodes, corpus: Path, tiny_model_dir: Path, reference: dict[tuple[str, int], str], tmp_path: Path
+    nodes: Nodes,
+    corpus: Path,
+    tiny_model_dir: Path,
+    reference: dict[tuple[str, int], str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """One model actor per GPU node and decode only on the decode node; then a GPU node dies with a model
+    call in flight, and the run completes on the other one with every row once and single-node captions."""
     from ray.util.state import get_log
+
+    # TEST-ONLY hook (pipeline.testhooks): each model call appends its process id to events/infer-call.
+    calls_file = tmp_path / "events" / "infer-call"
+    monkeypatch.setenv("MOLMO_BATCH_TEST_EVENTS", str(calls_file.parent))
 
     assert len(nodes.gpu) == 2, "this test needs both GPU workers"
     g1, g2 = nodes.gpu
@@ -308,13 +324,15 @@ def test_placement_by_resources_and_a_gpu_node_lost_mid_run(
             assert "device=cpu" in line.group(1) and "ray_gpu_ids=['0']" in line.group(1)
             assert "CUDA_VISIBLE_DEVICES=0" in line.group(1)
 
-        def g2_busy() -> bool:
-            return _committed_parts(out) > 0 and bool(
-                nodes.state("tasks", name=MODEL_CALL, node_id=g2.node_id, state="RUNNING")
-            )
+        g2_pid = str(next(a.pid for a in actors if a.node_id == g2.node_id))
 
-        run.wait_for(g2_busy, "a committed part and a model call running on the second GPU node")
-        nodes.cluster.remove_node(g2)  # with windows in flight there
+        def g2_calls() -> int:
+            return calls_file.read_text().split().count(g2_pid) if calls_file.exists() else 0
+
+        run.wait_for(lambda: _committed_parts(out) > 0, "the first committed part")
+        started = g2_calls()
+        run.wait_for(lambda: g2_calls() > started, "a model call starting on the second GPU node", interval=0.1)
+        nodes.cluster.remove_node(g2)  # with that call in flight
         nodes.gpu.remove(g2)
         run.join()
 
@@ -328,15 +346,14 @@ def test_placement_by_resources_and_a_gpu_node_lost_mid_run(
     assert "plan: 2 model actor(s) (1 GPU each, 1 CPU), batch 1; decode: 2 task(s) x 1 CPU on nodes with resource 'decode'" in text
     assert "warning: decode has 2 CPU(s) on nodes with resource 'decode' for 2 GPU(s)" in text
 
-    # Every decode task ran on the decode node, including those that re-made windows lost with the GPU node.
+    # Every decode task ran on the decode node, before and after the GPU node was lost.
     decode_tasks = nodes.settled_tasks(DECODE_TASK, since=before)
     assert decode_tasks and {t.node_id for t in decode_tasks} == {nodes.decode.node_id}
-    # Model calls in flight on the lost node failed there and were retried on the surviving one.
+    # The model call in flight on the lost node did not finish there; Ray retried it on the surviving node.
     calls = nodes.settled_tasks(MODEL_CALL, since=before)
-    lost = {t.task_id for t in calls if t.node_id == g2.node_id and t.state == "FAILED"}
-    assert lost, [(t.node_id, t.state, t.attempt_number) for t in calls]
-    retried = [t for t in calls if t.task_id in lost and t.attempt_number > 0 and t.state == "FINISHED"]
-    assert retried and {t.node_id for t in retried} == {g1.node_id}
+    lost = {t.task_id for t in calls if t.node_id == g2.node_id and t.state != "FINISHED"}
+    retried = {t.task_id for t in calls if t.attempt_number > 0 and t.state == "FINISHED" and t.node_id == g1.node_id}
+    assert lost and lost <= retried, [(t.task_id[:8], str(t.node_id)[:8], t.state, t.attempt_number) for t in calls]
 
     # Every row written once, nothing missing, and the same captions as on one node.
     videos = _read(out, "videos")
@@ -348,6 +365,8 @@ def test_placement_by_resources_and_a_gpu_node_lost_mid_run(
 def test_decode_node_lost_stops_clearly_and_a_rerun_completes(
     nodes: Nodes, corpus: Path, tiny_model_dir: Path, reference: dict[tuple[str, int], str], tmp_path: Path
 ) -> None:
+    """The only decode node dies mid-run: the run stops saying which resource is missing, with the finished
+    videos committed; once a decode node joins, the same command completes the corpus exactly once."""
     out = tmp_path / "tables"
     config = _config(
         corpus,

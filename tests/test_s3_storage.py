@@ -1,5 +1,6 @@
 """Object storage for real: a SeaweedFS S3 server on loopback (no mock), credentials from the standard AWS
-chain (the environment here, set per test), the endpoint from config. No Ray in this module."""
+chain (the environment here, set per test), the endpoint from config. No Ray in this module; the tests
+that build the tiny model or start extra servers are marked integration."""
 
 from __future__ import annotations
 
@@ -124,6 +125,7 @@ def _digest(folder: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.integration
 def test_s3_model_is_copied_once_per_node(
     seaweed: SeaweedServer, aws_env: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -185,6 +187,7 @@ def test_s3_model_is_copied_once_per_node(
         AutoConfig.from_pretrained(str(tiny_model_dir)).model_type
 
 
+@pytest.mark.integration
 def test_local_demo_server_command(tmp_path: Path) -> None:
     """`python -m pipeline.testing.seaweed --dir D` prints the endpoint and exports, serves until Ctrl-C,
     and a restart on the same D keeps the data and the keys."""

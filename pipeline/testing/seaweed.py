@@ -352,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)  # also when started in the background (SIGINT ignored)
     try:
         server.start()
         print(f"SeaweedFS {SEAWEED_VERSION} S3 endpoint: {server.endpoint} (pid {server.pid}, log {server.log_path})")
