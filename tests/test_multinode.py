@@ -246,7 +246,9 @@ def reference(corpus: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempP
         _stop_driver_ray()
     out = tmp_path_factory.mktemp("single-node") / "tables"
     try:
-        summary = run_pipeline(_config(corpus, tiny_model_dir, out, ray={"ray_num_cpus": 4}), echo=lambda _m: None)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.delenv("RAY_ADDRESS", raising=False)  # never join some other cluster for the reference
+            summary = run_pipeline(_config(corpus, tiny_model_dir, out, ray={"ray_num_cpus": 4}), echo=lambda _m: None)
     finally:
         _stop_driver_ray()
     assert summary.exit_code == 0 and summary.ok == NUM_VIDEOS, summary.render()
