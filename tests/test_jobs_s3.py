@@ -133,6 +133,17 @@ class RayHead:
         self.proc = None
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
+    def diagnostics(self) -> str:
+        """The head's own log and the error lines of its session logs (for failure messages)."""
+        out = [f"head log:\n{self.log.read_text(errors='replace')[-2000:]}" if self.log.exists() else "no head log"]
+        for path in sorted(Path(self.temp_dir).glob("session_*/logs/*")):
+            if path.suffix in (".log", ".out", ".err") and path.is_file():
+                bad = [ln for ln in path.read_text(errors="replace").splitlines()
+                       if " E " in ln or " C " in ln or "Error" in ln or "error while" in ln]
+                if bad:
+                    out.append(f"{path.name}:\n" + "\n".join(bad[-5:]))
+        return "\n".join(out)[-6000:]
+
     def submit(self, *entrypoint: str, runtime_env: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
         cmd = [RAY, "job", "submit", "--address", self.address, "--working-dir", str(REPO)]
         if runtime_env:
@@ -186,7 +197,7 @@ def test_nightly_captions_two_nights(seaweed: SeaweedServer, ray_head: RayHead, 
          "--s3-endpoint-url", seaweed.endpoint],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=400,
     )
-    assert first.returncode == 3, first.stdout + first.stderr
+    assert first.returncode == 3, first.stdout[-4000:] + first.stderr[-4000:]
     assert "3 to process" in first.stdout
     assert "ok=2 partial=0 failed=1" in first.stdout
 
@@ -200,7 +211,7 @@ def test_nightly_captions_two_nights(seaweed: SeaweedServer, ray_head: RayHead, 
         runtime_env={"env_vars": {"AWS_ENDPOINT_URL": seaweed.endpoint}},
     )
     log = second.stdout + second.stderr
-    assert second.returncode != 0 and "exit code 3" in log, log[-4000:]  # partial again: the broken video
+    assert second.returncode != 0 and "exit code 3" in log, log[-4000:] + ray_head.diagnostics()  # partial again
     assert "retrying 1 video(s) whose status was failed" in log
     assert "new or changed: 2, retried: 1" in log
     # Across both nights: a, b (old), b (new), c ok; broken failed (and retried next night).
@@ -250,7 +261,7 @@ def test_retail_counting_via_ray_job_submit(seaweed: SeaweedServer, ray_head: Ra
         "--run-id", "20261101T000000Z-r", "--queries", "person,shopping cart", "--window-s", "2",
         "--s3-endpoint-url", seaweed.endpoint, *common,
     )
-    assert retail.returncode == 0, retail.stdout[-4000:] + retail.stderr[-4000:]
+    assert retail.returncode == 0, retail.stdout[-4000:] + retail.stderr[-4000:] + ray_head.diagnostics()
     assert "left out 1 video(s) that do not follow the layout" in retail.stdout
     assert "2 clip(s) added" in retail.stdout
 
