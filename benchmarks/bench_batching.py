@@ -23,6 +23,7 @@ from benchmarks.common import (
     at_least,
     base_parser,
     ensure_tiny_model,
+    maybe_wait,
     median,
     prepare_environment,
     print_results,
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="Interleaved rounds (default 2).")
     parser.add_argument("--frames", type=int, default=None, help="Frames per window (default 64).")
     args = parser.parse_args(argv)
+    maybe_wait(args)
     started = time.perf_counter()
     results = run(args.quick, args.workdir, args.rounds or (1 if args.quick else 2), args.frames)
     print_results(f"3. Batching ({time.perf_counter() - started:.0f} s)", results)

@@ -36,6 +36,7 @@ from benchmarks.common import (
     at_most,
     base_parser,
     ensure_corpus,
+    maybe_wait,
     median,
     prepare_environment,
     print_results,
@@ -245,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0] if __doc__ else "decode benchmark")
     parser.add_argument("--rounds", type=int, default=None, help="Interleaved rounds over the corpus (default 2).")
     args = parser.parse_args(argv)
+    maybe_wait(args)
     rounds = args.rounds or (1 if args.quick else 2)
     started = time.perf_counter()
     results = run(args.quick, args.workdir, rounds)

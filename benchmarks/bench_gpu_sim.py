@@ -35,6 +35,7 @@ from benchmarks.common import (
     at_least,
     base_parser,
     ensure_corpus,
+    maybe_wait,
     median,
     prepare_environment,
     print_results,
@@ -181,6 +182,7 @@ def run(quick: bool, workdir: Path) -> list[Result]:
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0] if __doc__ else "simulated GPU benchmark")
     args = parser.parse_args(argv)
+    maybe_wait(args)
     started = time.perf_counter()
     results = run(args.quick, args.workdir)
     print_results(f"6. A GPU, simulated ({time.perf_counter() - started:.0f} s)", results)

@@ -30,6 +30,7 @@ from benchmarks.common import (
     base_parser,
     ensure_corpus,
     ensure_tiny_model,
+    maybe_wait,
     prepare_environment,
     print_results,
     ray_session,
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", type=int, default=None, help=argparse_hidden())
     parser.add_argument("--child-json", type=Path, default=None, help=argparse_hidden())
     args = parser.parse_args(argv)
+    maybe_wait(args)
     if args.child is not None:
         child(args.child, args.quick, args.workdir, args.child_json)
         return 0

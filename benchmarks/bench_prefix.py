@@ -23,6 +23,7 @@ from benchmarks.common import (
     at_most,
     base_parser,
     ensure_tiny_model,
+    maybe_wait,
     median,
     prepare_environment,
     print_results,
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0] if __doc__ else "prefix benchmark")
     parser.add_argument("--rounds", type=int, default=None, help="Interleaved rounds (default 3).")
     args = parser.parse_args(argv)
+    maybe_wait(args)
     started = time.perf_counter()
     results = run(args.quick, args.workdir, args.rounds or (1 if args.quick else 3))
     print_results(f"2. One prefix, many questions ({time.perf_counter() - started:.0f} s)", results)

@@ -23,6 +23,7 @@ from benchmarks.common import (
     prepare_environment,
     print_results,
     ray_session,
+    wait_for_idle,
     write_json,
 )
 
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     def run_one(number: str, title: str, fn: Callable[[], list[Result]]) -> None:
         if only and number not in only:
             return
+        if args.wait_idle > 0:
+            busy = wait_for_idle(args.wait_idle)
+            print(f"\n(machine {busy:.0%} busy with other work when {title} started)")
         t0 = time.perf_counter()
         try:
             out = fn()

@@ -22,7 +22,7 @@ import pyarrow.dataset as pads
 
 from pipeline.cli import add_config_flags
 from pipeline.config import SECTIONS, ConfigError, RunConfig, build_config, load_yaml
-from pipeline.run import EXIT_CONFIG, EXIT_FAILED
+from pipeline.run import EXIT_CONFIG, EXIT_FAILED, PipelineError
 from pipeline.schemas import COMMIT_TABLE, JOB_TABLES, TABLES
 from pipeline.storage import get_fs
 
@@ -135,6 +135,9 @@ def run_main(body: Callable[[], int]) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        return EXIT_FAILED
+    except PipelineError as exc:  # the run broke (a node, the store): one clear message, no traceback
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except Exception:
         traceback.print_exc()

@@ -239,9 +239,13 @@ def main(argv: list[str] | None = None) -> int:
 
                 print(yaml.safe_dump(config.public_dict(), sort_keys=False))
                 return 0
-            from pipeline.run import run_pipeline
+            from pipeline.run import EXIT_FAILED, PipelineError, run_pipeline
 
-            summary = run_pipeline(config)
+            try:
+                summary = run_pipeline(config)
+            except PipelineError as exc:  # the run broke (a node, the store): what finished is committed
+                print(f"error: {exc}", file=sys.stderr)
+                return EXIT_FAILED
             print(summary.render())
             return summary.exit_code
         if args.command == "build-tiny-model":

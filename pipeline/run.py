@@ -27,7 +27,7 @@ from pipeline.decode import DecodeSettings
 from pipeline.infer import AttemptLedger, HostSettings
 from pipeline.model_store import is_remote_prefix
 from pipeline.progress import RunProgress, generate_seconds, now_utc, runs_row, stage_times, write_runs_row
-from pipeline.retry import RetryPolicy
+from pipeline.retry import RetryPolicy, retry_call
 from pipeline.sampling import FrameSampler
 from pipeline.secrets import install_log_redaction, redact
 from pipeline.sink import TableSink
@@ -231,6 +231,7 @@ def run_pipeline(
             endpoint_url=endpoint,
             max_videos=config.source.max_videos,
             manifest_uri_column=config.source.manifest_uri_column,
+            retry=storage_retry,
         )
     except SourceError as exc:
         raise ConfigError(redact(exc)) from None
@@ -451,6 +452,10 @@ def _record_run(
     """Write the run's `runs` row (a failure to write it is a warning: the tables are already written)."""
     try:
         row = runs_row(summary, config, started_at=started_at, finished_at=now_utc(), error=error)
-        write_runs_row(config.output.output, run_date, row, endpoint_url=config.source.s3_endpoint_url)
+        retry_call(
+            lambda: write_runs_row(config.output.output, run_date, row, endpoint_url=config.source.s3_endpoint_url),
+            "write the runs record",
+            RetryPolicy(budget_s=config.source.storage_retry_budget_s),
+        )
     except Exception as exc:
         echo(f"warning: could not write the runs record: {type(exc).__name__}: {exc}")

@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pipeline.retry import DEFAULT_POLICY, RetryPolicy, retry_call
 from pipeline.storage import full_url, get_fs
 
 
@@ -62,6 +63,15 @@ def _matches(rel_path: str, include: list[str], exclude: list[str]) -> bool:
     return hit(include) and not hit(exclude)
 
 
+def _list_root(fs: Any, root: str, url: str) -> tuple[dict[str, Any], str]:
+    """Object infos under `root` (or of `root` itself when it is one object), and the base for relative paths."""
+    if fs.isfile(root):
+        return {root: fs.info(root)}, root.rsplit("/", 1)[0]
+    if fs.isdir(root):
+        return fs.find(root, detail=True, withdirs=False), root
+    raise SourceError(f"input {url} does not exist: check the path/bucket and your credentials")
+
+
 def list_videos(
     url: str,
     *,
@@ -70,6 +80,7 @@ def list_videos(
     endpoint_url: str | None = None,
     max_videos: int | None = None,
     manifest_uri_column: str = "uri",
+    retry: RetryPolicy = DEFAULT_POLICY,
 ) -> list[VideoRef]:
     """List videos under `url`: a folder/prefix or one object (sorted by URI), WebDataset tar shards
     (brace ranges and globs: `.../{00000..00099}.tar`), or a manifest (.parquet/.csv/.jsonl)."""
@@ -92,14 +103,9 @@ def list_videos(
     try:
         fs, root = get_fs(url, endpoint_url)
         root = root.rstrip("/")
-        if fs.isfile(root):
-            infos = {root: fs.info(root)}
-            base = root.rsplit("/", 1)[0]
-        elif fs.isdir(root):
-            infos = fs.find(root, detail=True, withdirs=False)
-            base = root
-        else:
-            raise SourceError(f"input {url} does not exist: check the path/bucket and your credentials")
+        # A store that blips at start (connection refused, 5xx, throttling) is retried like any read:
+        # a nightly job should not fail for a few seconds of outage before it has listed anything.
+        infos, base = retry_call(lambda: _list_root(fs, root, url), f"list {url}", retry)
     except SourceError:
         raise
     except Exception as exc:  # permission, DNS, bad endpoint: say so at start, not per video

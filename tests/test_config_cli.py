@@ -80,3 +80,19 @@ def test_tasks_and_prompts() -> None:
     with pytest.raises(ValueError, match="noun"):
         build_tasks(["count:cart"], {"count": "Count."})
     assert parse_task(" Track: person ") == ("track", "person")
+
+
+def test_main_reports_a_broken_run_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run that breaks (a node lost, the store gone) exits 1 with its message, not a traceback."""
+    from pipeline import run
+
+    def broken(config: RunConfig) -> None:
+        raise run.PipelineError("run stopped: decode node lost\n3 video(s) were committed; rerun the same command")
+
+    monkeypatch.setattr(run, "run_pipeline", broken)
+    (tmp_path / "in").mkdir()
+    assert main(["run", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: run stopped: decode node lost") and "Traceback" not in err

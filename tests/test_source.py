@@ -62,3 +62,47 @@ def test_single_file_input_and_max_videos(tmp_path: Path) -> None:
 def test_missing_input_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="does not exist"):
         list_videos(str(tmp_path / "nope"), include=["*.mp4"])
+
+
+class _FlakyFS:
+    """A real local filesystem whose first `failures` listings are refused, like a store restarting."""
+
+    def __init__(self, failures: int, exc: Exception) -> None:
+        from fsspec.implementations.local import LocalFileSystem
+
+        self._fs, self.failures, self.exc, self.calls = LocalFileSystem(), failures, exc, 0
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._fs, name)
+
+    def isfile(self, path: str) -> bool:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.exc
+        return bool(self._fs.isfile(path))
+
+
+def test_listing_retries_transient_store_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import source
+    from pipeline.retry import RetryPolicy
+
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    fast = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.02, budget_s=5)
+    flaky = _FlakyFS(2, ConnectionRefusedError(111, "Connection refused"))
+    monkeypatch.setattr(source, "get_fs", lambda url, endpoint=None: (flaky, str(tmp_path)))
+    refs = list_videos(str(tmp_path), include=list(VIDEO_GLOBS), retry=fast)
+    assert [Path(r.uri).name for r in refs] == ["a.mp4"] and flaky.calls == 3
+
+    # Past the budget: a start-up error that names the input, not a traceback from deep in s3fs.
+    down = _FlakyFS(100, ConnectionRefusedError(111, "Connection refused"))
+    monkeypatch.setattr(source, "get_fs", lambda url, endpoint=None: (down, str(tmp_path)))
+    with pytest.raises(SourceError, match="cannot list input"):
+        list_videos(str(tmp_path), include=list(VIDEO_GLOBS), retry=fast)
+    assert down.calls == 4
+
+    # Not transient (permission): fails at once.
+    denied = _FlakyFS(100, PermissionError("Access Denied"))
+    monkeypatch.setattr(source, "get_fs", lambda url, endpoint=None: (denied, str(tmp_path)))
+    with pytest.raises(SourceError, match="Access Denied"):
+        list_videos(str(tmp_path), include=list(VIDEO_GLOBS), retry=fast)
+    assert denied.calls == 1
