@@ -20,7 +20,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pipeline demo --workdir $(WORKDIR)
 
 lint: $(STAMP)
-	$(PY) -m ruff check pipeline jobs tests
+	$(PY) -m ruff check pipeline jobs tests benchmarks
 	$(PY) -m mypy
 
 ## Everything CI runs: lint, type check, the whole test suite.

@@ -110,10 +110,19 @@ class DecodeConfig(_Section):
         description="Side of the square frames handed to the model, in pixels; unset reads it from the model's processor.",
     )
     decoder: Literal["decord", "pyav"] = Field(
-        "decord", description="Preferred decoder; the other one is the fallback when it fails."
+        "pyav",
+        description=(
+            "Decoder: pyav (default: skips the unsampled frames no other frame needs, converts and resizes only"
+            " the sampled ones) or decord (decord2, with PyAV as its fallback when it fails)."
+        ),
     )
     decode_threads: int = Field(
-        0, ge=0, description="Decoder threads per video (0 lets the decoder choose)."
+        0,
+        ge=0,
+        description=(
+            "Decoder threads per video; 0 = the CPUs Ray reserves for each decode task (decode_num_cpus), so"
+            " parallel decode tasks never oversubscribe the cores they hold."
+        ),
     )
     decode_timeout_s: float = Field(
         600.0, gt=0, description="Give up decoding one video after this many seconds (an error row)."

@@ -2,8 +2,10 @@
 
 Why decode here and not in the model actor: decoding is CPU work that would idle a GPU, and resizing in
 the decoder to the model's square frame (378 px for Molmo2) hands ~14x fewer bytes per 1080p frame
-through Ray's object store than full frames would. Only the frames the sampler picks are decoded into
-pixels at all, and rows are yielded window by window, so an hours-long video never sits in memory.
+through Ray's object store than full frames would. Only the frames the sampler picks are converted to
+pixels at all; the default PyAV reader does not even decode the unsampled frames that no other frame
+predicts from (BENCHMARKS.md item 1: ~2.2x the frames per CPU-second of the model card's decord path).
+Rows are yielded window by window, so an hours-long video never sits in memory.
 
 Frames are rotated upright (rotation metadata) before the model sees them, so the model's 0..1000
 coordinates are in the *display* frame, whose size is what the `videos` table records.
@@ -90,7 +92,7 @@ class DecodeSettings:
     sampler: FrameSampler
     window_s: float
     overlap_s: float
-    decoder: str = "decord"
+    decoder: str = "pyav"
     threads: int = 0
     timeout_s: float = 600.0
     max_video_bytes: int = 20 * 1024**3
@@ -382,7 +384,15 @@ class _DecordReader:
 
 
 class _PyAVReader:
-    """PyAV: seek to the window, decode forward, convert only the wanted frames; skips corrupt packets."""
+    """PyAV: seek to the window, decode forward, convert (and resize) only the wanted frames; skips
+    corrupt packets.
+
+    Frames nobody sampled are not even decoded when no other frame depends on them: a packet whose
+    frame is not wanted is decoded with `skip_frame = NONREF`, so FFmpeg drops it if it is a
+    non-reference frame (most B-frames of H.264/HEVC) and decodes it as usual if other frames predict
+    from it. Every decoded frame is therefore bit-identical to a full decode (tests/test_decode_skip.py);
+    at 2 fps from 30 fps H.264 this is most of the decoding work of a window (BENCHMARKS.md, item 1).
+    """
 
     def __init__(self, path: str, size: int, threads: int, probe: VideoProbe) -> None:
         import av
@@ -395,10 +405,21 @@ class _PyAVReader:
         self._tol = 0.25 / probe.fps if probe.fps > 0 else 1e-3  # a quarter frame: float noise, not a neighbour
         self.frame_times = probe.frame_times
         self.skipped = 0
+        self.skip_unsampled = True
+        self.decoded = 0  # frames the decoder produced (sampled or not): what skipping saves shows here
+
+    def _wanted(self, t: float | None, wanted_sorted: np.ndarray) -> bool:
+        """Whether a frame at time `t` is (within a quarter frame) one of the sampled times."""
+        if t is None or not len(wanted_sorted):
+            return True  # no time: never skip what we cannot place
+        i = int(np.searchsorted(wanted_sorted, t))
+        near = wanted_sorted[max(0, i - 1) : i + 1]
+        return bool(np.any(np.abs(near - t) <= self._tol))
 
     def read(self, indices: list[int], times: np.ndarray, deadline: Deadline) -> tuple[np.ndarray, np.ndarray]:
         del indices
         wanted = [float(t) for t in times]
+        wanted_sorted = np.sort(np.asarray(wanted, dtype=np.float64))
         got: list[np.ndarray] = []
         got_times: list[float] = []
         with self._av.open(self._path) as container:
@@ -411,14 +432,20 @@ class _PyAVReader:
             target = int(wanted[0] / tb) + start if wanted and tb else start
             container.seek(max(target, start), stream=stream, backward=True)
             pos = 0
+            ctx = stream.codec_context
             try:
                 for packet in container.demux(stream):
                     deadline.check("decoding frames")
+                    if self.skip_unsampled:
+                        # Packets arrive in decode order; a packet's pts is the time of the frame it holds.
+                        t_packet = None if packet.pts is None else (packet.pts - start) * tb
+                        ctx.skip_frame = "DEFAULT" if self._wanted(t_packet, wanted_sorted) else "NONREF"
                     try:
                         frames = packet.decode()
                     except self._av.error.InvalidDataError:
                         self.skipped += 1  # corrupt packet: keep going, the caller reports a partial decode
                         continue
+                    self.decoded += len(frames)
                     for frame in frames:
                         if frame.pts is None:
                             continue

@@ -30,15 +30,15 @@ from pipeline.infer import HostSettings, Molmo2Host
 from pipeline.source import VideoRef
 
 # The fewest decode CPUs per GPU that keep Molmo2-8B busy at 64 frames per 60 s window of 1080p video
-# (below it the run warns). AN ESTIMATE (nothing here ran on a GPU): decode CPU-s per window / GPU-s per window.
-# - CPU, measured on this machine: ~6 CPU-s per 60 s window of 1080p30 H.264 (decord decodes every frame
-#   between key frames: 3.4 ms of one core per 1080p frame, 1.45 ms at 720p, x 1,800 frames; a synthetic
-#   clip, real footage costs more).
-# - GPU, modelled, ~200-token captions at batch 4: ~1.6 GPU-s per window on an A100/L40S-class GPU
-#   (pipeline/plan.py's DEFAULT_PROFILE: 8,000 prefill and 220 generated tokens/s, placeholders), 0.80 on
-#   an H100 (benchmarks/latency_model.py, a simulation from FLOPs and HBM bandwidth).
-# 6 / 1.6 ~= 3.7 -> 4; an H100 needs ~8 (6 / 0.8), 720p sources about half. cluster/SIZING.md has the ranges.
+# (below it the run warns). decode CPU-s per window / GPU-s per window, from BENCHMARKS.md (item 6):
+# - CPU, measured (benchmarks/bench_gpu_sim.py): ~5.4 CPU-s per 60 s window of 1080p30 H.264 with the
+#   default PyAV decode (every reference frame decoded, unsampled non-reference frames skipped); a
+#   synthetic clip, real footage costs more.
+# - GPU, modelled (nothing here ran on a GPU), ~200-token captions at batch 4: ~1.6 GPU-s per window on an
+#   A100/L40S-class GPU (pipeline/plan.py's DEFAULT_PROFILE), 0.80 on an H100 (benchmarks/latency_model.py).
+# 5.4 / 1.6 ~= 3.4 -> 4; an H100 needs ~7 (5.4 / 0.8), 720p sources about half. cluster/SIZING.md has the ranges.
 DECODE_CPUS_PER_GPU = 4.0
+DECODE_CPUS_PER_H100 = 7.0
 # Decode tasks ask for this much of `--decode-resource`: enough to pin them to nodes declaring it, little
 # enough that the node's CPUs (not the resource's amount) bound how many run there (up to 1000 per unit).
 DECODE_RESOURCE_PER_TASK = 0.001
@@ -201,7 +201,7 @@ def plan_resources(
             warns.append(
                 f"decode has {decode_node_cpus:g} CPU(s) on {where} for {gpus_used:g} GPU(s) "
                 f"({decode_node_cpus / gpus_used:.1f} per GPU; Molmo2-8B at 64 frames on 1080p video needs "
-                f"~{DECODE_CPUS_PER_GPU:g}, an H100 ~{2 * DECODE_CPUS_PER_GPU:g}): the GPUs will wait on decode; "
+                f"~{DECODE_CPUS_PER_GPU:g}, an H100 ~{DECODE_CPUS_PER_H100:g}): the GPUs will wait on decode; "
                 f"add CPU nodes for decode (cluster/SIZING.md)"
             )
         else:

@@ -268,7 +268,7 @@ def run_pipeline(
         window_s=config.window.window_s,
         overlap_s=config.window.overlap_s,
         decoder=config.decode.decoder,
-        threads=config.decode.decode_threads,
+        threads=config.decode.decode_threads or max(1, round(config.decode.decode_num_cpus)),
         timeout_s=config.decode.decode_timeout_s,
         max_video_bytes=config.decode.max_video_bytes,
         endpoint_url=endpoint,

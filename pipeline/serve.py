@@ -93,7 +93,7 @@ class ServeSettings:
     window_s: float = 60.0
     overlap_s: float = 5.0
     batch_size: int = 4
-    decoder: str = "decord"
+    decoder: str = "pyav"
     max_upload_bytes: int = 512 * 1024**2
     max_duration_s: float = 600.0
     max_tasks: int = 8
