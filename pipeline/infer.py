@@ -235,6 +235,9 @@ class Molmo2Engine:
             do_sample_frames=False,
             padding=True,
             return_tensors="pt",
+            # Normalising and patchifying 64 frames is ~0.7 CPU-s per window (BENCHMARKS.md item 2): on a
+            # GPU actor the processor does it on the GPU, not on the one CPU the actor holds.
+            device=str(self.device),
         ).to(self.device)
 
     # -- generation ----------------------------------------------------------------------------
