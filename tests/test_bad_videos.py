@@ -176,8 +176,8 @@ def test_mixed_corpus_run(
         denied.unlink()
         with capsys.disabled():
             print("\n[skip] denied.mp4 (chmod 000) left out of the mixed run: this process reads it anyway "
-                  f"(euid {os.geteuid()}: root or CAP_DAC_OVERRIDE); test_unreadable_objects_fail_at_fetch "
-                  "covers AccessDenied with a simulated PermissionError")
+                  f"(euid {os.geteuid()}: root or CAP_DAC_OVERRIDE); a real S3 AccessDenied is covered by "
+                  "tests/test_s3_storage.py::test_object_the_credentials_may_not_read_is_an_error_row")
 
     real_list = run_mod.list_videos
 

@@ -229,3 +229,38 @@ def test_local_demo_server_command(tmp_path: Path) -> None:
         assert again.filesystem().cat_file("videos/kept.txt") == b"kept"
         pid = again.pid
     assert pid is not None and not psutil.pid_exists(pid)
+
+
+def test_object_the_credentials_may_not_read_is_an_error_row(
+    tmp_path: Path, sample_videos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real AccessDenied: the run's keys may list the bucket and read `ok/` but not `private/`."""
+    from pipeline.decode import DecodeSettings, decode_video
+    from pipeline.sampling import FrameSampler
+
+    bucket = "footage"
+    server = SeaweedServer(tmp_path / "seaweed", identities={"pipeline": [f"List:{bucket}", f"Read:{bucket}/ok/*"]})
+    with server:
+        server.create_bucket(bucket)
+        clip = sorted(sample_videos.glob("*.mp4"))[0]
+        server.upload(clip, f"s3://{bucket}/ok/a.mp4")
+        server.upload(clip, f"s3://{bucket}/private/b.mp4")
+        key, secret = server.identity_keys["pipeline"]
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            monkeypatch.delenv(name, raising=False)
+
+        refs = list_videos(f"s3://{bucket}/", include=["*.mp4"], endpoint_url=server.endpoint)
+        assert [r.uri for r in refs] == [f"s3://{bucket}/ok/a.mp4", f"s3://{bucket}/private/b.mp4"]
+        settings = DecodeSettings(
+            frame_size=112, sampler=FrameSampler("native", 4, 1.0), window_s=10.0, overlap_s=2.0,
+            endpoint_url=server.endpoint,
+        )
+        rows = {r.uri: list(decode_video(r.as_row(), settings)) for r in refs}
+        ok, denied = rows[refs[0].uri], rows[refs[1].uri]
+        assert ok and all(r["decode_status"] == "ok" for r in ok)
+        assert len(denied) == 1 and denied[0]["decode_status"] == "failed"
+        assert (denied[0]["error_stage"], denied[0]["error_type"]) == ("fetch", "AccessDenied")
+        assert "access denied" in denied[0]["error_message"].lower() and secret not in denied[0]["error_message"]

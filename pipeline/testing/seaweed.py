@@ -105,6 +105,7 @@ class SeaweedServer:
         s3_port: int | None = None,
         startup_timeout: float = 60.0,
         weed: str | None = None,
+        identities: dict[str, list[str]] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.buckets = list(buckets)
@@ -114,6 +115,10 @@ class SeaweedServer:
         self._wanted_s3_port = s3_port
         self.startup_timeout = startup_timeout
         self.weed = weed
+        # Extra S3 identities with limited rights, name -> SeaweedFS actions (e.g. "List:bucket",
+        # "Read:bucket/prefix*"); each gets generated keys in `identity_keys`. The admin keeps every right.
+        self.identities = dict(identities or {})
+        self.identity_keys = {name: new_credentials() for name in self.identities}
         self.ports: dict[str, int] = {}
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -221,7 +226,24 @@ class SeaweedServer:
             "-s3.port.lance=0",
         ]
         args += [f"-{flag}={port}" for flag, port in self.ports.items()]
+        if self.identities:
+            args.append(f"-s3.config={self._write_s3_config()}")
         return args
+
+    def _write_s3_config(self) -> Path:
+        """The S3 identities file (admin + the limited ones); readable by its owner only (it holds keys)."""
+        entries = [("admin", (self.access_key, self.secret_key), ["Admin", "Read", "Write", "List", "Tagging"])]
+        entries += [(name, self.identity_keys[name], actions) for name, actions in self.identities.items()]
+        config = {
+            "identities": [
+                {"name": name, "credentials": [{"accessKey": key, "secretKey": secret}], "actions": list(actions)}
+                for name, (key, secret), actions in entries
+            ]
+        }
+        path = self.data_dir / "s3-identities.json"
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(config))
+        return path
 
     def start(self) -> SeaweedServer:
         """Start (or restart after stop(), on the same ports and data) and wait until ready."""
