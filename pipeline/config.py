@@ -130,6 +130,14 @@ class DecodeConfig(_Section):
     max_video_bytes: int = Field(
         20 * 1024**3, ge=1, description="Videos larger than this many bytes are refused with an error row."
     )
+    decode_crash_retries: int = Field(
+        1,
+        ge=0,
+        description=(
+            "When decoding a video kills its process (a native crash, an OOM kill), Ray retries the task; a"
+            " video that kills it this many more times is written as a DecoderCrashed error row instead."
+        ),
+    )
 
 
 class ModelConfig(_Section):

@@ -29,11 +29,12 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from pipeline import testhooks
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy, StorageUnavailable, retry_call
 from pipeline.sampling import FrameSampler, Window, frames_in_window, plan_windows
 from pipeline.secrets import redact
@@ -80,6 +81,10 @@ class NoVideoStream(DecodeError):
     """The container holds no video stream (audio only, subtitles, ...)."""
 
 
+class DecoderCrashed(DecodeError):
+    """The decode process died (segfault, OOM kill) on this video more often than `crash_retries` allows."""
+
+
 class UnsupportedCodec(DecodeError):
     """The video stream's codec has no decoder in this FFmpeg build."""
 
@@ -98,6 +103,9 @@ class DecodeSettings:
     max_video_bytes: int = 20 * 1024**3
     endpoint_url: str | None = None
     retry: RetryPolicy = DEFAULT_POLICY
+    crash_retries: int = 1  # retries of a video whose decode process died, before it becomes an error row
+    ledger: Any = field(default=None, compare=False)  # infer.AttemptLedger actor (None outside Ray)
+    test_hooks: testhooks.Hooks = ()  # TEST-ONLY fault injection (pipeline.testhooks)
 
 
 @dataclass
@@ -619,7 +627,39 @@ def decode_batch(batch: dict[str, np.ndarray], settings: DecodeSettings) -> Iter
     for i in range(len(batch[keys[0]])):
         ref = {k: batch[k][i] for k in keys}
         t0 = time.perf_counter()  # metrics: time to produce each window row
-        for row in decode_video(ref, settings):
+        for row in _decode_guarded(ref, settings):
             record_window_decoded(time.perf_counter() - t0, row.get("decode_status", "ok"))  # metrics
             yield {k: [v] if not isinstance(v, np.ndarray) else v[None, ...] for k, v in row.items()}
             t0 = time.perf_counter()  # metrics
+
+
+def _decode_guarded(ref: dict[str, Any], settings: DecodeSettings) -> Iterator[dict[str, Any]]:
+    """`decode_video`, unless this video already killed its decode process too often.
+
+    A native crash in FFmpeg (a poison file) kills the whole task, which Ray retries (graph.py bounds
+    it). The ledger, owned by the driver, counts decodes of each video that started and never finished;
+    past `crash_retries` the video becomes one `DecoderCrashed` error row instead of another crash, and
+    the other videos of the block are decoded normally.
+    """
+    key = f"decode:{ref['video_id']}"
+    crashes = _ledger_begin(settings, key) - 1
+    if crashes > settings.crash_retries:
+        yield _error_row(ref, None, "decode", DecoderCrashed(
+            f"the decode process died {crashes} times on this video (a native crash or an OOM kill); "
+            f"not retried past decode_crash_retries={settings.crash_retries}"
+        ), settings.frame_size, 0)
+        return  # the ledger keeps the count: a later retry of this block skips the video again
+    needle = testhooks.get("DECODE_CRASH_ON", settings.test_hooks)
+    if needle and needle in str(ref["uri"]):  # TEST-ONLY: die the way a native decoder crash does
+        os._exit(1)
+    yield from decode_video(ref, settings)
+    if settings.ledger is not None:
+        settings.ledger.done.remote(key)
+
+
+def _ledger_begin(settings: DecodeSettings, key: str) -> int:
+    if settings.ledger is None:
+        return 1
+    import ray
+
+    return int(ray.get(settings.ledger.begin.remote(key)))

@@ -264,7 +264,7 @@ def build_dataset(
     import ray
 
     items = [r.as_row() for r in refs]
-    retries = retry_limits(host)
+    retries = retry_limits(host, decode)
     decode_placement: dict[str, Any] = {}
     if plan.decode_resource:
         decode_placement["resources"] = {plan.decode_resource: DECODE_RESOURCE_PER_TASK}
@@ -301,7 +301,7 @@ def build_dataset(
 DECODE_MAX_RETRIES = 3
 
 
-def retry_limits(host: HostSettings) -> dict[str, int]:
+def retry_limits(host: HostSettings, decode: DecodeSettings | None = None) -> dict[str, int]:
     """Bounds on Ray's own retries of work whose process died (Ray Data's defaults are infinite).
 
     Python exceptions never reach Ray (both stages turn them into error rows); these bounds only count
@@ -310,6 +310,8 @@ def retry_limits(host: HostSettings) -> dict[str, int]:
     Ray fails the block; run.py lets the run finish and reports those videos as incomplete.
     """
     return {
-        "decode_max_retries": DECODE_MAX_RETRIES,
+        # A video that kills its decode task is retried `crash_retries` times, then skipped as an error
+        # row (decode._decode_guarded); room for two such videos in one block.
+        "decode_max_retries": max(DECODE_MAX_RETRIES, 2 * ((decode.crash_retries if decode else 1) + 1) + 1),
         "model_max_task_retries": 4 * (host.crash_retries + 1) + 2,
     }

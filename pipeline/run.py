@@ -273,6 +273,8 @@ def run_pipeline(
         max_video_bytes=config.decode.max_video_bytes,
         endpoint_url=endpoint,
         retry=storage_retry,
+        crash_retries=config.decode.decode_crash_retries,
+        test_hooks=testhooks.capture(),
     )
     host_settings = HostSettings(
         model=config.model.model,
@@ -304,12 +306,14 @@ def run_pipeline(
 
     data_ctx = ray.data.DataContext.get_current()
     _set_reliability_limits(data_ctx, frame_size, config)
-    # Counts model calls that killed their actor, across actor restarts (Molmo2Host); dies with the driver.
+    # Counts model calls and decodes that killed their process, across restarts (Molmo2Host, decode); dies
+    # with the driver.
     # Pinned to the driver's node: on a multi-node cluster it would otherwise land anywhere, and losing that
     # node would fail every model call after it (seen in tests/test_multinode.py).
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     ledger = ray.remote(num_cpus=0)(AttemptLedger).options(scheduling_strategy=here).remote()
     host_settings = dataclasses.replace(host_settings, ledger=ledger)
+    decode_settings = dataclasses.replace(decode_settings, ledger=ledger)  # counts decodes that killed their task
     # pipeline.progress.RunProgress replaces Ray Data's bars (two live displays garble a terminal).
     data_ctx.enable_progress_bars = False
     cluster = ClusterInfo.from_ray_nodes(ray.nodes())  # the alive nodes, each with its resources

@@ -10,6 +10,8 @@ inside real Ray workers (which is where the code under test runs):
   kills its own process with `os._exit(1)` (exercises actor replacement and bounded retries).
 - `MOLMO_BATCH_TEST_CRASH_ON=SUBSTRING`: the model actor kills its process whenever it is about to
   run a window whose URI contains SUBSTRING (a deterministic crash: it must end as an error row).
+- `MOLMO_BATCH_TEST_DECODE_CRASH_ON=SUBSTRING`: a decode task kills its process whenever it is about to
+  decode a video whose URI contains SUBSTRING (a poison file: it must end as a `DecoderCrashed` row).
 - `MOLMO_BATCH_TEST_EVENTS=DIR`: components touch `DIR/<event>` files when they reach a point a test
   waits for (`infer-call`, `flush-data-written`, `flush-committed`).
 - `MOLMO_BATCH_TEST_FLUSH_PAUSE_S=S[,S2,...]`: the sink sleeps S seconds between writing a part's data

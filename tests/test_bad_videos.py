@@ -196,6 +196,13 @@ def test_mixed_corpus_run(
     crash.write_bytes((folder / "good_b.mp4").read_bytes())
     expected["crash_trigger.mp4"] = Expected("failed", "infer", "WorkerCrashed", "model_crash_retries=1")
     monkeypatch.setenv("MOLMO_BATCH_TEST_CRASH_ON", "crash_trigger.mp4")
+    # A poison file whose decoding kills the decode task's process (os._exit, as a native FFmpeg crash
+    # would): Ray retries the task, the ledger counts the deaths, and after decode_crash_retries=1 more
+    # the video is a DecoderCrashed row while the other videos of its block are decoded.
+    poison = folder / "decoder_crash.mp4"
+    poison.write_bytes((folder / "good_a.mp4").read_bytes())
+    expected["decoder_crash.mp4"] = Expected("failed", "decode", "DecoderCrashed", "decode_crash_retries=1")
+    monkeypatch.setenv("MOLMO_BATCH_TEST_DECODE_CRASH_ON", "decoder_crash.mp4")
     out = tmp_path / "tables"
     config = build_config({
         "source": {"input": str(folder)},
