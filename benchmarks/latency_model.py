@@ -108,9 +108,11 @@ class Workload:
     answer_tokens: tuple[int, ...]  # generated tokens per question (one entry per task)
     batch_size: int = 4  # windows per model call (the config default)
     note: str = ""
-    # What the pipeline does today: one question -> windows batched in one generate; several questions ->
-    # per window, the visual prefix once and the questions as one batch (windows not batched together).
-    batch_shared_prefix_windows: bool = False  # proposal: also batch windows on the shared-prefix path
+    # What the pipeline does: one question -> windows batched in one generate; several questions -> the
+    # visual prefixes of the batch's windows prefilled together, each branched per question, and all
+    # windows x questions decoded as one batch (Molmo2Engine.answer_shared_prefix_batch). False models the
+    # earlier path (one window at a time on the shared prefix), printed for comparison.
+    batch_shared_prefix_windows: bool = True
     tags: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -141,7 +143,10 @@ def batch_gpu_s(frames_per_window: list[int], answer_tokens: tuple[int, ...], gp
         pre = sum(prefill_s(f, gpu) for f in frames_per_window)
         ctx = [prompt_tokens(max(frames_per_window))] * len(frames_per_window)  # left padding to the longest
         return pre + decode_s(ctx, longest, gpu)
-    return sum(prefill_s(f, gpu) + decode_s([prompt_tokens(f)] * k, longest, gpu) for f in frames_per_window)
+    # Windows of equal geometry share one batch (the usual case: full windows); prefill is per window anyway.
+    pre = sum(prefill_s(f, gpu) for f in frames_per_window)
+    ctx = [prompt_tokens(f) for f in frames_per_window for _ in range(k)]
+    return pre + decode_s(ctx, longest, gpu)
 
 
 NIGHTLY_CAPTIONING = Workload(

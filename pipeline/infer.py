@@ -157,6 +157,10 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+class UnequalPrefixes(ValueError):
+    """Windows grouped for one shared-prefix batch encoded to prompts of different lengths."""
+
+
 class Molmo2Engine:
     """The model and the two generation paths, independent of Ray (usable in a notebook or Serve)."""
 
@@ -280,10 +284,20 @@ class Molmo2Engine:
 
     def answer_shared_prefix(self, window: WindowInput, prompts: Sequence[str]) -> list[Answer]:
         """Several prompts on one window: prefill the visual prefix once, branch the KV cache per prompt."""
+        return self.answer_shared_prefix_batch([window], prompts)[0]
+
+    def answer_shared_prefix_batch(self, windows: Sequence[WindowInput], prompts: Sequence[str]) -> list[list[Answer]]:
+        """Several prompts on each of several windows whose prompts have the same length (`_prefix_group`):
+        the visual prefixes of all windows are prefilled in one forward pass, each window's KV cache is
+        branched once per prompt, and all len(windows) x len(prompts) suffixes are decoded as one batch,
+        so one decoding step reads the weights once for every row (BENCHMARKS.md item 7)."""
         import torch
 
         start = time.perf_counter()
-        prefix = self._encode([self._prefix_text], [window])
+        prefix = self._encode([self._prefix_text] * len(windows), windows)
+        if not bool(prefix["attention_mask"].all()):
+            # Left padding would shift the positions the cache is computed with: never batch such prefixes.
+            raise UnequalPrefixes("windows of a shared-prefix batch must have prompts of equal length")
         prefix_len = int(prefix["input_ids"].shape[1])
         with torch.inference_mode():
             out = self.model(**prefix, use_cache=True)
@@ -292,16 +306,16 @@ class Molmo2Engine:
             self.tokenizer(p + self._suffix_tail, add_special_tokens=False)["input_ids"] for p in prompts
         ]
         width = max(len(s) for s in suffix_ids)
-        k = len(prompts)
-        # Padding sits between the shared prefix and each suffix, masked out, so every row's prefix
-        # keeps the positions the cache was computed with.
-        ids = torch.full((k, prefix_len + width), self.pad_id, dtype=torch.long, device=self.device)
-        mask = torch.zeros((k, prefix_len + width), dtype=torch.long, device=self.device)
-        ids[:, :prefix_len] = prefix["input_ids"][0]
+        k, b = len(prompts), len(windows)
+        # Row w * k + j is window w, prompt j. Padding sits between the shared prefix and each suffix,
+        # masked out, so every row's prefix keeps the positions the cache was computed with.
+        ids = torch.full((b * k, prefix_len + width), self.pad_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros((b * k, prefix_len + width), dtype=torch.long, device=self.device)
+        ids[:, :prefix_len] = prefix["input_ids"].repeat_interleave(k, dim=0)
         mask[:, :prefix_len] = 1
-        for i, s in enumerate(suffix_ids):
-            ids[i, prefix_len + width - len(s) :] = torch.tensor(s, dtype=torch.long)
-            mask[i, prefix_len + width - len(s) :] = 1
+        for j, s in enumerate(suffix_ids):
+            ids[j::k, prefix_len + width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[j::k, prefix_len + width - len(s) :] = 1
         branched = copy.deepcopy(cache)  # never reuse the prefix cache itself: generate mutates it
         if k > 1:
             branched.batch_repeat_interleave(k)
@@ -310,8 +324,16 @@ class Molmo2Engine:
                 input_ids=ids, attention_mask=mask, past_key_values=branched, **self._gen_kwargs()
             )
         latency = time.perf_counter() - start
-        prompt_tokens = [prefix_len + len(s) for s in suffix_ids]
-        return self._decode_outputs(seq, prefix_len + width, prompt_tokens, latency)
+        prompt_tokens = [prefix_len + len(s) for _ in windows for s in suffix_ids]
+        flat = self._decode_outputs(seq, prefix_len + width, prompt_tokens, latency)
+        return [flat[w * k : (w + 1) * k] for w in range(b)]
+
+    @staticmethod
+    def _prefix_group(window: WindowInput) -> tuple[Any, ...]:
+        """Windows with equal keys give prompts of equal length (same frame count and size, same frame
+        times relative to the window start: the time labels are part of the prompt)."""
+        rel = np.round(np.asarray(window.frame_times, dtype=np.float64) - window.t_start, 1)
+        return (tuple(window.frames.shape), tuple(rel.tolist()))
 
     def answer_windows(self, windows: Sequence[WindowInput], tasks: Sequence[Task]) -> list[list[Answer]]:
         """Answers[i][j] for window i and task j, splitting the batch on out-of-memory errors."""
@@ -321,18 +343,33 @@ class Molmo2Engine:
             flat_prompts = [p for _ in windows for p in prompts]
             flat = self._with_oom_split(flat_windows, flat_prompts)
             return [flat[i * len(prompts) : (i + 1) * len(prompts)] for i in range(len(windows))]
-        results = []
-        for w in windows:
-            try:
-                self._inject_oom(len(prompts))
-                results.append(self.answer_shared_prefix(w, prompts))
-            except Exception as exc:
-                if not _is_oom(exc):
-                    raise
-                _free_memory()
-                # Fall back to one question at a time: the prefix alone may fit where K branches did not.
-                results.append(self._with_oom_split([w] * len(prompts), prompts))
-        return results
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, w in enumerate(windows):
+            groups.setdefault(self._prefix_group(w), []).append(i)
+        results: dict[int, list[Answer]] = {}
+        for members in groups.values():
+            results.update(self._shared_prefix_with_oom_split([windows[i] for i in members], prompts, members))
+        return [results[i] for i in range(len(windows))]
+
+    def _shared_prefix_with_oom_split(
+        self, windows: Sequence[WindowInput], prompts: Sequence[str], index: Sequence[int]
+    ) -> dict[int, list[Answer]]:
+        """`answer_shared_prefix_batch`, halving the windows on out-of-memory; one window that still does not
+        fit falls back to one question at a time (the prefix alone may fit where K branches did not)."""
+        try:
+            self._inject_oom(len(windows) * len(prompts))
+            return dict(zip(index, self.answer_shared_prefix_batch(windows, prompts), strict=True))
+        except Exception as exc:
+            if not _is_oom(exc) and not isinstance(exc, UnequalPrefixes):
+                raise
+            _free_memory()
+            if len(windows) > 1:
+                half = len(windows) // 2
+                return {
+                    **self._shared_prefix_with_oom_split(windows[:half], prompts, index[:half]),
+                    **self._shared_prefix_with_oom_split(windows[half:], prompts, index[half:]),
+                }
+            return {index[0]: self._with_oom_split([windows[0]] * len(prompts), prompts)}
 
     def _inject_oom(self, batch: int) -> None:
         """TEST-ONLY (pipeline.testhooks): raise MemoryError as a too-large batch would on a real device."""

@@ -259,6 +259,52 @@ def test_oom_splits_batches_and_fails_single_windows_as_rows(tiny_model_dir: Pat
     assert all("out of memory even alone" in (a[0].error_message or "") for a in failed)
 
 
+def test_oom_splits_shared_prefix_batches_of_windows(tiny_model_dir: Path, sample_videos: Path) -> None:
+    """Several questions on several windows of one geometry: one shared-prefix batch; out of memory
+    halves the windows, then falls back to one question at a time; the answers never change."""
+    from pipeline.infer import HostSettings, Molmo2Engine, WindowInput
+    from pipeline.tasks import build_tasks
+
+    windows = [
+        WindowInput(row["frames"], row["frame_times"], row["t_start"], row["fps"])
+        for row in decode_video({"video_id": "p", "uri": str(sample_videos / "parking_long.mp4"), "size_bytes": 1},
+                                DecodeSettings(frame_size=112, sampler=FrameSampler("native", 3, 0.5), window_s=6,
+                                               overlap_s=0))
+    ][:3]
+    tasks = build_tasks(["caption", "count:car"])
+    settings = HostSettings(model=str(tiny_model_dir), tasks=tuple(tasks), device="cpu", max_new_tokens=6)
+    engine = Molmo2Engine(settings)
+    assert len({engine._prefix_group(w) for w in windows}) == 1  # one geometry: one group
+    shared: list[int] = []
+    single: list[int] = []
+    real_shared, real_single = engine.answer_shared_prefix_batch, engine.answer_batch
+
+    def spy_shared(ws: Any, ps: Any) -> Any:
+        shared.append(len(ws))
+        return real_shared(ws, ps)
+
+    def spy_single(ws: Any, ps: Any) -> Any:
+        single.append(len(ws))
+        return real_single(ws, ps)
+
+    engine.answer_shared_prefix_batch = spy_shared  # type: ignore[method-assign]
+    engine.answer_batch = spy_single  # type: ignore[method-assign]
+    reference = [[a.text for a in w] for w in engine.answer_windows(windows, tasks)]
+    assert (shared, single) == ([3], [])
+    shared.clear()
+    # Room for 2 rows: 3 windows x 2 questions -> (1 window | 2 windows -> 1, 1), each 1 x 2 rows fits.
+    engine.settings = HostSettings(**{**settings.__dict__, "test_hooks": (("MOLMO_BATCH_TEST_OOM_ABOVE", "2"),)})
+    split = engine.answer_windows(windows, tasks)
+    assert (shared, single) == ([1, 1, 1], [])
+    assert [[a.text for a in w] for w in split] == reference
+    shared.clear()
+    # Room for 1 row: every window falls back to its questions one at a time.
+    engine.settings = HostSettings(**{**settings.__dict__, "test_hooks": (("MOLMO_BATCH_TEST_OOM_ABOVE", "1"),)})
+    alone = engine.answer_windows(windows, tasks)
+    assert shared == [] and single == [1, 1] * 3
+    assert [[a.text for a in w] for w in alone] == reference and not any(a.error_type for w in alone for a in w)
+
+
 # Integration: a model actor process that dies deterministically is in tests/test_bad_videos.py (the
 # mixed-corpus run); one that dies once is in the SIGKILL/rerun test below.
 
