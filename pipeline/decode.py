@@ -4,7 +4,7 @@ Why decode here and not in the model actor: decoding is CPU work that would idle
 the decoder to the model's square frame (378 px for Molmo2) hands ~14x fewer bytes per 1080p frame
 through Ray's object store than full frames would. Only the frames the sampler picks are converted to
 pixels at all; the default PyAV reader does not even decode the unsampled frames that no other frame
-predicts from (BENCHMARKS.md item 1: ~2.2x the frames per CPU-second of the model card's decord path).
+predicts from (BENCHMARKS.md item 1: ~2.3-2.5x the frames per CPU-second of the model card's decord path).
 Rows are yielded window by window, so an hours-long video never sits in memory.
 
 Frames are rotated upright (rotation metadata) before the model sees them, so the model's 0..1000

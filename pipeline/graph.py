@@ -31,7 +31,7 @@ from pipeline.source import VideoRef
 
 # The fewest decode CPUs per GPU that keep Molmo2-8B busy at 64 frames per 60 s window of 1080p video
 # (below it the run warns). decode CPU-s per window / GPU-s per window, from BENCHMARKS.md (item 6):
-# - CPU, measured (benchmarks/bench_gpu_sim.py): ~5.4 CPU-s per 60 s window of 1080p30 H.264 with the
+# - CPU, measured (benchmarks/bench_gpu_sim.py): ~3.4-5.4 CPU-s (the upper end used here) per 60 s window of 1080p30 H.264 with the
 #   default PyAV decode (every reference frame decoded, unsampled non-reference frames skipped); a
 #   synthetic clip, real footage costs more.
 # - GPU, modelled (nothing here ran on a GPU), ~200-token captions at batch 4: ~1.6 GPU-s per window on an
