@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import testhooks
+from pipeline import ledger, testhooks
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy, StorageUnavailable, retry_call
 from pipeline.sampling import FrameSampler, Window, frames_in_window, plan_windows
 from pipeline.secrets import redact
@@ -104,7 +104,7 @@ class DecodeSettings:
     endpoint_url: str | None = None
     retry: RetryPolicy = DEFAULT_POLICY
     crash_retries: int = 1  # retries of a video whose decode process died, before it becomes an error row
-    ledger: Any = field(default=None, compare=False)  # infer.AttemptLedger actor (None outside Ray)
+    ledger: Any = field(default=None, compare=False)  # ledger.AttemptLedger actor (None outside Ray)
     test_hooks: testhooks.Hooks = ()  # TEST-ONLY fault injection (pipeline.testhooks)
 
 
@@ -416,18 +416,18 @@ class _PyAVReader:
         self.skip_unsampled = True
         self.decoded = 0  # frames the decoder produced (sampled or not): what skipping saves shows here
 
-    def _wanted(self, t: float | None, wanted_sorted: np.ndarray) -> bool:
-        """Whether a frame at time `t` is (within a quarter frame) one of the sampled times."""
-        if t is None or not len(wanted_sorted):
+    def _wanted(self, t: float | None, wanted: np.ndarray) -> bool:
+        """Whether a frame at time `t` is (within a quarter frame) one of the sampled times (ascending)."""
+        if t is None or not len(wanted):
             return True  # no time: never skip what we cannot place
-        i = int(np.searchsorted(wanted_sorted, t))
-        near = wanted_sorted[max(0, i - 1) : i + 1]
+        i = int(np.searchsorted(wanted, t))
+        near = wanted[max(0, i - 1) : i + 1]
         return bool(np.any(np.abs(near - t) <= self._tol))
 
     def read(self, indices: list[int], times: np.ndarray, deadline: Deadline) -> tuple[np.ndarray, np.ndarray]:
         del indices
-        wanted = [float(t) for t in times]
-        wanted_sorted = np.sort(np.asarray(wanted, dtype=np.float64))
+        wanted = [float(t) for t in times]  # ascending, like the frames a window samples
+        wanted_arr = np.asarray(wanted, dtype=np.float64)
         got: list[np.ndarray] = []
         got_times: list[float] = []
         with self._av.open(self._path) as container:
@@ -447,7 +447,7 @@ class _PyAVReader:
                     if self.skip_unsampled:
                         # Packets arrive in decode order; a packet's pts is the time of the frame it holds.
                         t_packet = None if packet.pts is None else (packet.pts - start) * tb
-                        ctx.skip_frame = "DEFAULT" if self._wanted(t_packet, wanted_sorted) else "NONREF"
+                        ctx.skip_frame = "DEFAULT" if self._wanted(t_packet, wanted_arr) else "NONREF"
                     try:
                         frames = packet.decode()
                     except self._av.error.InvalidDataError:
@@ -642,7 +642,7 @@ def _decode_guarded(ref: dict[str, Any], settings: DecodeSettings) -> Iterator[d
     the other videos of the block are decoded normally.
     """
     key = f"decode:{ref['video_id']}"
-    crashes = _ledger_begin(settings, key) - 1
+    crashes = ledger.begin(settings.ledger, key) - 1
     if crashes > settings.crash_retries:
         yield _error_row(ref, None, "decode", DecoderCrashed(
             f"the decode process died {crashes} times on this video (a native crash or an OOM kill); "
@@ -653,13 +653,4 @@ def _decode_guarded(ref: dict[str, Any], settings: DecodeSettings) -> Iterator[d
     if needle and needle in str(ref["uri"]):  # TEST-ONLY: die the way a native decoder crash does
         os._exit(1)
     yield from decode_video(ref, settings)
-    if settings.ledger is not None:
-        settings.ledger.done.remote(key)
-
-
-def _ledger_begin(settings: DecodeSettings, key: str) -> int:
-    if settings.ledger is None:
-        return 1
-    import ray
-
-    return int(ray.get(settings.ledger.begin.remote(key)))
+    ledger.done(settings.ledger, key)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import testhooks
+from pipeline import ledger, testhooks
 from pipeline.progress import record_generation
 from pipeline.secrets import redact
 from pipeline.tasks import Task
@@ -348,28 +348,26 @@ class Molmo2Engine:
             groups.setdefault(self._prefix_group(w), []).append(i)
         results: dict[int, list[Answer]] = {}
         for members in groups.values():
-            results.update(self._shared_prefix_with_oom_split([windows[i] for i in members], prompts, members))
+            answers = self._shared_prefix_with_oom_split([windows[i] for i in members], prompts)
+            results.update(zip(members, answers, strict=True))
         return [results[i] for i in range(len(windows))]
 
-    def _shared_prefix_with_oom_split(
-        self, windows: Sequence[WindowInput], prompts: Sequence[str], index: Sequence[int]
-    ) -> dict[int, list[Answer]]:
+    def _shared_prefix_with_oom_split(self, windows: Sequence[WindowInput], prompts: Sequence[str]) -> list[list[Answer]]:
         """`answer_shared_prefix_batch`, halving the windows on out-of-memory; one window that still does not
         fit falls back to one question at a time (the prefix alone may fit where K branches did not)."""
         try:
             self._inject_oom(len(windows) * len(prompts))
-            return dict(zip(index, self.answer_shared_prefix_batch(windows, prompts), strict=True))
+            return self.answer_shared_prefix_batch(windows, prompts)
         except Exception as exc:
             if not _is_oom(exc) and not isinstance(exc, UnequalPrefixes):
                 raise
             _free_memory()
             if len(windows) > 1:
                 half = len(windows) // 2
-                return {
-                    **self._shared_prefix_with_oom_split(windows[:half], prompts, index[:half]),
-                    **self._shared_prefix_with_oom_split(windows[half:], prompts, index[half:]),
-                }
-            return {index[0]: self._with_oom_split([windows[0]] * len(prompts), prompts)}
+                return self._shared_prefix_with_oom_split(windows[:half], prompts) + self._shared_prefix_with_oom_split(
+                    windows[half:], prompts
+                )
+            return [self._with_oom_split([windows[0]] * len(prompts), prompts)]
 
     def _inject_oom(self, batch: int) -> None:
         """TEST-ONLY (pipeline.testhooks): raise MemoryError as a too-large batch would on a real device."""
@@ -408,22 +406,6 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-class AttemptLedger:
-    """Ray actor owned by the driver: counts how often each unit of model work was started and not
-    finished. It outlives the model actors, so a replacement actor knows that the batch it is given
-    already killed its predecessor."""
-
-    def __init__(self) -> None:
-        self._open: dict[str, int] = {}
-
-    def begin(self, key: str) -> int:
-        self._open[key] = self._open.get(key, 0) + 1
-        return self._open[key]
-
-    def done(self, key: str) -> None:
-        self._open.pop(key, None)
-
-
 class Molmo2Host:
     """Ray Data actor: decoded windows in, one row per (window, task) out.
 
@@ -432,7 +414,7 @@ class Molmo2Host:
     - out of memory splits the batch (`Molmo2Engine._with_oom_split`);
     - the process dying (segfault, OOM killer, CUDA fault, os._exit) is seen by Ray, which starts a new
       actor and retries the call (bounded: graph.py). The retried call finds its batch in the
-      `AttemptLedger`, so it runs the windows one at a time; a window that still kills the process after
+      `ledger.AttemptLedger`, so it runs the windows one at a time; a window that still kills the process after
       `crash_retries` retries alone is not run again but written as a `WorkerCrashed` error row, and the
       others of its batch are answered normally. A deterministic crash ends as data, not a retry loop.
     """
@@ -441,18 +423,6 @@ class Molmo2Host:
         self.settings = settings
         self.engine = Molmo2Engine(settings)
 
-    # -- crash bookkeeping -------------------------------------------------------------------------
-
-    def _begin(self, key: str) -> int:
-        if self.settings.ledger is None:
-            return 1
-        import ray
-
-        return int(ray.get(self.settings.ledger.begin.remote(key)))
-
-    def _done(self, key: str) -> None:
-        if self.settings.ledger is not None:
-            self.settings.ledger.done.remote(key)
 
     def _crash_hooks(self, uris: Sequence[str]) -> None:
         """TEST-ONLY (pipeline.testhooks): kill this process the way a native crash would."""
@@ -496,12 +466,12 @@ class Molmo2Host:
             uris = [str(batch["uri"][i]) for i in todo]
             keys = [f"{batch['video_id'][i]}#{int(batch['window_index'][i])}" for i in todo]
             batch_key = "batch:" + hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()
-            if self._begin(batch_key) <= 1:
+            if ledger.begin(self.settings.ledger, batch_key) <= 1:
                 answers = dict(zip(todo, self._answer(windows, uris), strict=True))
             else:
                 # This batch killed an actor before: isolate the culprit, one window at a time.
                 for i, window, uri, key in zip(todo, windows, uris, keys, strict=True):
-                    crashes = self._begin("window:" + key) - 1  # crashes while this window ran alone
+                    crashes = ledger.begin(self.settings.ledger, "window:" + key) - 1  # crashes while this window ran alone
                     if crashes >= self.settings.crash_retries:
                         msg = (
                             f"the model process died on this window's batch and then {crashes} more time(s) "
@@ -511,8 +481,8 @@ class Molmo2Host:
                         answers[i] = [Answer("", 0, 0, False, 0.0, "WorkerCrashed", msg) for _ in self.settings.tasks]
                     else:
                         answers[i] = self._answer([window], [uri])[0]
-                    self._done("window:" + key)
-            self._done(batch_key)
+                    ledger.done(self.settings.ledger, "window:" + key)
+            ledger.done(self.settings.ledger, batch_key)
         for i in range(n):
             base = {k: _plain(batch[k][i]) for k in PASSTHROUGH}
             if i not in answers:  # failed decode: pass its error through once

@@ -24,7 +24,8 @@ from pipeline import testhooks
 from pipeline.collect import RowContext, VideoCollector, clean_row, video_tables
 from pipeline.config import ConfigError, RunConfig
 from pipeline.decode import DecodeSettings
-from pipeline.infer import AttemptLedger, HostSettings
+from pipeline.infer import HostSettings
+from pipeline.ledger import AttemptLedger
 from pipeline.model_store import is_remote_prefix
 from pipeline.progress import RunProgress, generate_seconds, now_utc, runs_row, stage_times, write_runs_row
 from pipeline.retry import RetryPolicy, retry_call
