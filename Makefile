@@ -22,6 +22,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check pipeline jobs tests benchmarks
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 
 ## Everything CI runs: lint, type check, the whole test suite.
 test: lint

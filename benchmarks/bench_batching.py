@@ -1,6 +1,6 @@
 """3. Batching: windows per second of the model host at its chosen batch size against batch size 1.
 
-The model host is `pipeline.infer.Molmo2Host`, called as Ray Data calls it (a numpy batch of decoded
+The model host is `pipeline.model.host.Molmo2Host`, called as Ray Data calls it (a numpy batch of decoded
 windows in, one row per window and task out), with one task (caption), so a batch is one left-padded
 ``generate``. Its chosen batch size is the config default (`ModelConfig.batch_size`). Windows: 64 frames
 at 378 px (the real geometry, ~5,600 prompt tokens each), every answer exactly 24 tokens.
@@ -10,7 +10,7 @@ rounds interleave batched and one-at-a-time.
 
 On a CPU, prefill work grows with the tokens in the batch, and prefill dominates a 64-frame window; a
 GPU gains from batching because one decoding step reads the weights once for every row. This benchmark
-measures what this machine shows; BENCHMARKS.md explains the difference.
+measures what this machine shows; docs/benchmarks.md explains the difference.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from benchmarks.common import (
     timed,
     write_json,
 )
+from pipeline.model import molmo2
 
 BENCH = "3 batching"
 
@@ -40,8 +41,8 @@ def measure(
 ) -> dict[str, list[float] | bool]:
     """CPU and wall seconds for `batch_size` windows: one host call with all of them, and one call each."""
     from benchmarks.tiny import FixedLengthEngine, host_batch, host_settings, window
-    from pipeline.infer import Molmo2Host
-    from pipeline.tasks import build_tasks
+    from pipeline.model.host import Molmo2Host
+    from pipeline.results.tasks import build_tasks
 
     settings = host_settings(str(model), tuple(build_tasks(["caption"])), new_tokens)
     host = Molmo2Host(settings)
@@ -78,7 +79,7 @@ def run(quick: bool, workdir: Path, rounds: int, frames: int | None = None) -> l
     from pipeline.config import ModelConfig
 
     torch.set_num_threads(1)
-    size, num_frames, new_tokens = (112, 8, 8) if quick else (378, frames or 64, 24)
+    size, num_frames, new_tokens = (112, 8, 8) if quick else (molmo2.FRAME_SIZE, frames or 64, 24)
     batch_size = ModelConfig().batch_size
     model = ensure_tiny_model(workdir, size)
     main = measure(model, size, num_frames, new_tokens, batch_size, rounds)

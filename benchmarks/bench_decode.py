@@ -5,7 +5,7 @@ frames; it opens decord with one thread), then the Molmo2 video processor's own 
 (``resize_and_normalize_image`` without normalisation: bilinear, as in the processor), giving uint8
 frames at model resolution.
 
-Candidate: ``pipeline.decode.decode_video`` as the decode stage runs it by default (PyAV probe of every
+Candidate: ``pipeline.video.decode.decode_video`` as the decode stage runs it by default (PyAV probe of every
 packet's time; PyAV decoding that skips the non-reference frames nobody sampled -- ``skip_frame = NONREF``
 for packets whose time is not a sampled one --, converting and resizing only the sampled frames to
 378 px in swscale; rotation), with the thread count the pipeline gives a decode task of 1 CPU (1).
@@ -16,7 +16,7 @@ Clock: process CPU time (user + system of every thread, ``os.times``), so the fi
 CPU-second and does not depend on other load on the machine; torch runs with 1 thread. Both paths sample
 at most 64 frames at most 2 fps (molmo_utils' ``uniform_last_frame`` picks 41 frames of a 20 s clip,
 the pipeline's native sampler 40): the figure is per delivered frame. That skipping changes no pixel is
-tested in tests/test_decode_skip.py.
+tested in tests/video/test_readers.py.
 """
 
 from __future__ import annotations
@@ -44,12 +44,13 @@ from benchmarks.common import (
     timed,
     write_json,
 )
+from pipeline.model import molmo2
 
 BENCH = "1 decode"
-FRAME_SIZE = 378
+FRAME_SIZE = molmo2.FRAME_SIZE
 NUM_FRAMES = 64
 MAX_FPS = 2.0
-PIPELINE_THREADS = 1  # what pipeline.run gives a decode task of decode_num_cpus=1 (decode_threads=0)
+PIPELINE_THREADS = 1  # what pipeline.run.driver gives a decode task of decode_num_cpus=1 (decode_threads=0)
 
 
 def baseline_decode(path: Path, processor: Any) -> tuple[np.ndarray, int]:
@@ -82,8 +83,8 @@ def baseline_decode(path: Path, processor: Any) -> tuple[np.ndarray, int]:
 
 def candidate_decode(path: Path, threads: int, decoder: str = "pyav") -> list[dict[str, Any]]:
     """The pipeline's decode stage on one video: its window rows (frames already at 378 px)."""
-    from pipeline.decode import DecodeSettings, decode_video
-    from pipeline.sampling import FrameSampler
+    from pipeline.video.decode import DecodeSettings, decode_video
+    from pipeline.video.sampling import FrameSampler
 
     settings = DecodeSettings(
         frame_size=FRAME_SIZE,

@@ -1,11 +1,11 @@
 """6. A GPU, simulated: real decode feeding a SIMULATED Molmo2-8B on one H100; how busy the model actor
 is, and how many decode CPUs one GPU needs.
 
-The graph is the pipeline's own (`pipeline.graph.build_dataset`, from `plan_resources`), with two
+The graph is the pipeline's own (`pipeline.run.graph.build_dataset`, from `plan_resources`), with two
 stand-ins (benchmarks/standins.py): the decode stage is the real one plus a per-row CPU clock, and the
 model stage is `SimulatedMolmo2Host`, a Ray Data actor that sleeps for the latency model's time of each
 call (benchmarks/latency_model.py: prefill from FLOPs at 40% of the H100's bf16 peak, decoding from
-the bytes each step reads at 60% of its HBM bandwidth; derived in BENCHMARKS.md). NOTHING RAN ON A GPU.
+the bytes each step reads at 60% of its HBM bandwidth; derived in docs/benchmarks.md). NOTHING RAN ON A GPU.
 
 Workload: nightly captioning (caption, 200-token answers, batch 4) on the 1080p H.264 clips of item 1
 repeated to 12 videos, cut into 10 s windows (20 frames each) so the actor gets enough calls.
@@ -43,6 +43,7 @@ from benchmarks.common import (
     replicate,
     write_json,
 )
+from pipeline.model import molmo2
 
 BENCH = "6 gpu sim"
 TARGET_BUSY = 0.95
@@ -56,12 +57,13 @@ def simulate(
 
     from benchmarks.bench_streaming import patched_graph
     from benchmarks.standins import SimSpec, SimulatedMolmo2Host, timed_decode_batch
-    from pipeline.decode import DecodeSettings
-    from pipeline.graph import ClusterInfo, build_dataset, plan_resources
-    from pipeline.infer import HostSettings
-    from pipeline.sampling import FrameSampler
-    from pipeline.source import list_videos
-    from pipeline.tasks import build_tasks
+    from pipeline.model.engine import HostSettings
+    from pipeline.results.tasks import build_tasks
+    from pipeline.run.graph import build_dataset
+    from pipeline.run.resources import ClusterInfo, plan_resources
+    from pipeline.source.listing import list_videos
+    from pipeline.video.decode import DecodeSettings
+    from pipeline.video.sampling import FrameSampler
 
     refs = list_videos(str(videos), include=["*.mp4"])
     plan = plan_resources(
@@ -75,7 +77,7 @@ def simulate(
         batch_size=batch_size,
     )
     decode = DecodeSettings(
-        frame_size=378, sampler=FrameSampler("native", 64, 2.0), window_s=window_s, overlap_s=0.0, threads=1
+        frame_size=molmo2.FRAME_SIZE, sampler=FrameSampler("native", 64, 2.0), window_s=window_s, overlap_s=0.0, threads=1
     )
     host = HostSettings(
         model=SimSpec(scale=scale).encode(), tasks=tuple(build_tasks(["caption"])), max_new_tokens=answer_tokens

@@ -104,7 +104,7 @@ def measured_run(videos: int, quick: bool, workdir: Path) -> dict[str, float]:
     """Run the pipeline over `videos` videos while sampling this process tree's memory."""
     prepare_environment()
     from pipeline.config import build_config
-    from pipeline.run import run_pipeline
+    from pipeline.run.driver import run_pipeline
 
     size = 112 if quick else 378
     clips = ensure_corpus("quick" if quick else "lite", workdir)

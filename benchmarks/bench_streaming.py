@@ -6,7 +6,7 @@ short videos, so that the last batch -- which nothing can overlap -- is a small 
 the tiny Molmo2 at 378 px (real token geometry). Tasks: caption and count:person (two questions per
 window: the pipeline shares the visual prefix). Answers up to 24 tokens; batch size 4 (the default).
 
-- pipeline: ``pipeline.run.run_pipeline`` (list, decode tasks, Molmo2Host actor, collect, Parquet);
+- pipeline: ``pipeline.run.driver.run_pipeline`` (list, decode tasks, Molmo2Host actor, collect, Parquet);
 - decode stage alone: the same run with the model stage replaced by `standins.NullHost` (instant
   answers; it records the decoded windows);
 - model stage alone: the same run with the decode stage replaced by `standins.replay_decode_batch`
@@ -51,8 +51,8 @@ TASKS = ("caption", "count:person")
 
 @contextlib.contextmanager
 def patched_graph(decode: Any = None, host: Any = None) -> Iterator[None]:
-    """Swap a stage of `pipeline.graph.build_dataset` for a stand-in (the rest of the run is unchanged)."""
-    import pipeline.graph as graph
+    """Swap a stage of `pipeline.run.graph.build_dataset` for a stand-in (the rest of the run is unchanged)."""
+    import pipeline.run.graph as graph
 
     saved = (graph.decode_batch, graph.Molmo2Host)
     try:
@@ -84,7 +84,7 @@ def pipeline_config(videos: Path, model: Path, out: Path, new_tokens: int) -> An
 def run_pipeline_once(kind: str, videos: Path, model: Path, out: Path, new_tokens: int) -> tuple[float, Any]:
     """One run: 'e2e', 'decode' (model stage instant) or 'model' (decode stage replayed)."""
     from benchmarks.standins import NullHost, replay_decode_batch
-    from pipeline.run import run_pipeline
+    from pipeline.run.driver import run_pipeline
 
     patches: dict[str, dict[str, Any]] = {"decode": {"host": NullHost}, "model": {"decode": replay_decode_batch}}
     patch = patches.get(kind, {})
@@ -112,7 +112,7 @@ def _model_card_loop(videos: list[Path], model: Path, new_tokens: int) -> tuple[
     from molmo_utils import fetch_video
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from pipeline.tasks import build_tasks
+    from pipeline.results.tasks import build_tasks
 
     started = time.perf_counter()
     processor: Any = AutoProcessor.from_pretrained(model)

@@ -254,7 +254,7 @@ def replicate(clips: Sequence[Path], count: int, folder: Path) -> Path:
 
 def ensure_tiny_model(workdir: Path, frame_size: int) -> Path:
     """The tiny random Molmo2 (real transformers classes) at `frame_size` px, built once."""
-    from pipeline.tiny_model import METADATA_FILE, build_tiny_molmo2
+    from pipeline.devtools.tiny_model import METADATA_FILE, build_tiny_molmo2
 
     out = workdir / f"tiny-molmo2-{frame_size}"
     if not (out / METADATA_FILE).exists():

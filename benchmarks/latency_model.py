@@ -2,7 +2,7 @@
 
 Prefill time comes from FLOPs at a stated utilisation of the H100's dense bf16 peak; each decoding step
 reads every weight used per token once plus each row's KV cache, at a stated fraction of HBM bandwidth.
-Every constant is written out below and derived in BENCHMARKS.md ("A GPU, simulated").
+Every constant is written out below and derived in docs/benchmarks.md ("The latency model").
 
 Molmo2-8B (allenai/Molmo2-8B config): a Qwen3-8B language model (36 layers, hidden 4096, 32 query /
 8 KV heads of 128, MLP 12288, vocabulary 151,936 + 128 extra, lm_head not tied), a SigLIP-2 so400m/14
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
+from pipeline.model import molmo2
 
 # -- Molmo2-8B ----------------------------------------------------------------------------------------
 LM_LAYERS = 36
@@ -30,7 +32,7 @@ VIT_LAYERS_RUN = 25
 VIT_HIDDEN, VIT_MLP = 1152, 4304
 VIT_LAYER_PARAMS = 4 * VIT_HIDDEN * VIT_HIDDEN + 2 * VIT_HIDDEN * VIT_MLP  # ~15.2e6
 PATCHES_PER_FRAME = 27 * 27
-VISUAL_TOKENS_PER_FRAME = 81
+VISUAL_TOKENS_PER_FRAME = molmo2.visual_tokens_per_frame()
 # Prompt tokens a frame costs in the language model: 81 visual tokens, <frame_start>/<frame_end> and the
 # frame's time label ("12.5 "): 87 measured with the processor at 378 px (5,593 tokens for 64 frames).
 PROMPT_TOKENS_PER_FRAME = 87
@@ -50,7 +52,7 @@ class GpuModel:
 
     prefill_mfu: float = 0.40  # fraction of dense bf16 peak reached by prefill (HF transformers, sdpa)
     bandwidth_util: float = 0.60  # fraction of HBM bandwidth reached by a decoding step
-    step_overhead_s: float = 0.0  # fixed host/launch time per decoding step (0 = ideal; see BENCHMARKS.md)
+    step_overhead_s: float = 0.0  # fixed host/launch time per decoding step (0 = ideal; see docs/benchmarks.md)
 
     @property
     def flops_per_s(self) -> float:

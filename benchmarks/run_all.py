@@ -1,4 +1,4 @@
-"""Run every benchmark of ISSUE 7 and print each measured ratio next to its target.
+"""Run every benchmark and print each measured ratio next to its target.
 
     python -m benchmarks.run_all            # the figures (about 6-9 minutes on 2 cores, corpus included)
     python -m benchmarks.run_all --quick    # tiny corpus and model: correctness only (the smoke test)
@@ -29,7 +29,7 @@ from benchmarks.common import (
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser("Run every molmo-batch benchmark (ISSUE 7).")
+    parser = base_parser("Run every molmo-batch benchmark.")
     parser.add_argument("--only", default="", help="Comma-separated benchmark numbers to run (e.g. 1,2); default all.")
     args = parser.parse_args(argv)
     prepare_environment()

@@ -1,4 +1,4 @@
-"""Stand-ins the Ray benchmarks put into the pipeline's real graph (`pipeline.graph.build_dataset`).
+"""Stand-ins the Ray benchmarks put into the pipeline's real graph (`pipeline.run.graph.build_dataset`).
 
 They live in an importable module (not a script's ``__main__``) because Ray workers import them by name.
 
@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.decode import DecodeSettings, decode_batch
-from pipeline.infer import Answer, HostSettings, Molmo2Host, WindowInput
-from pipeline.tasks import Task
+from pipeline.model.engine import Answer, HostSettings, WindowInput
+from pipeline.model.host import Molmo2Host
+from pipeline.results.tasks import Task
+from pipeline.video.decode import DecodeSettings, decode_batch
 
 RECORD_SUFFIX = ".bench-window-{index:04d}.pkl"
 

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import synthetic_frames
-from pipeline.infer import PASSTHROUGH, HostSettings, Molmo2Engine, WindowInput
-from pipeline.tasks import Task, build_tasks
+from pipeline.model.engine import PASSTHROUGH, HostSettings, Molmo2Engine, WindowInput
+from pipeline.results.tasks import Task, build_tasks
 
 QUESTIONS: tuple[Task, ...] = tuple(
     build_tasks(["caption", "count:person", "point:shopping cart", "track:person", "ask:What happens at the end?"])

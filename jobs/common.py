@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -21,12 +20,21 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from pipeline.cli import add_config_flags
-from pipeline.config import SECTIONS, ConfigError, RunConfig, build_config, load_yaml
-from pipeline.run import EXIT_CONFIG, EXIT_FAILED, PipelineError
-from pipeline.schemas import COMMIT_TABLE, JOB_TABLES, TABLES
-from pipeline.storage import get_fs
-
-_PART_RE = re.compile(r"part-([0-9a-f]{24})\.parquet$")
+from pipeline.config import (
+    SECTIONS,
+    ConfigError,
+    RunConfig,
+    build_config,
+    flag_values,
+    load_yaml,
+    merge_flags,
+)
+from pipeline.errors import PipelineError
+from pipeline.io.storage import get_fs
+from pipeline.run.summary import EXIT_CONFIG, EXIT_FAILED
+from pipeline.tables import layout
+from pipeline.tables.reader import known_tables
+from pipeline.tables.schemas import COMMIT_TABLE
 
 
 def csv_list(text: str) -> list[str]:
@@ -102,19 +110,11 @@ def resolve(
     unknown = sorted(set(job_yaml) - known)
     if unknown:
         raise ConfigError(f"{section}: unknown setting(s) {unknown}; valid here: {', '.join(sorted(known))}")
+    flags = vars(args)
     job: dict[str, Any] = {o.name: o.default for o in options}
     job.update(job_yaml)
-    for key, value in vars(args).items():
-        if key.startswith("job."):
-            job[key[4:]] = value
-        elif "." in key:
-            sec, name = key.split(".", 1)
-            if isinstance(value, list) and value and isinstance(value[0], tuple):
-                value = dict(value)
-            nested.setdefault(sec, {})
-            if not isinstance(nested[sec], dict):
-                raise ConfigError(f"config section {sec!r} must be a mapping")
-            nested[sec][name] = value
+    job.update(flag_values(flags, "job"))
+    merge_flags(nested, flags)
     if pipeline_defaults is not None:
         pipeline_defaults(nested, job)
     return build_config(nested), job
@@ -158,17 +158,8 @@ def committed_files(output: str, table: str, *, endpoint_url: str | None = None,
                     commit_table: str = COMMIT_TABLE) -> list[str]:
     """The Parquet part files of `table` under `output` whose commit record exists (sorted)."""
     fs, root = get_fs(output, endpoint_url)
-    root = root.rstrip("/")
     fs.invalidate_cache()
-
-    def parts(name: str) -> dict[str, str]:
-        base = f"{root}/{name}"
-        if not fs.exists(base):
-            return {}
-        return {p: m.group(1) for p in fs.find(base) if (m := _PART_RE.search(p))}
-
-    committed = set(parts(commit_table).values())
-    return sorted(p for p, key in parts(table).items() if key in committed)
+    return layout.committed_parts(fs, root.rstrip("/"), table, commit_table)
 
 
 def read_table(
@@ -182,11 +173,12 @@ def read_table(
 ) -> pa.Table:
     """Committed rows of an output table (declared schema: files missing a newer column give nulls).
 
-    `filter` is a pyarrow dataset expression (e.g. `pc.field("video_id").isin(ids)`).
+    `table` is one of the pipeline's tables or of a registered job's (`pipeline.tables.reader`); `filter`
+    is a pyarrow dataset expression (e.g. `pc.field("video_id").isin(ids)`).
     """
     import pyarrow.fs as pafs
 
-    schema = TABLES[table] if table in TABLES else JOB_TABLES[table]
+    schema = known_tables()[table]
     files = committed_files(output, table, endpoint_url=endpoint_url, commit_table=commit_table)
     cols = list(columns) if columns else schema.names
     if not files:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pipeline.errors import MolmoBatchError
+
 DEFAULT_LAYOUT = "store={store}/camera={camera}/{clip_start}.mp4"
 REQUIRED_GROUPS = ("store", "camera", "clip_start")
 
@@ -27,7 +29,7 @@ _TOLERANT = re.compile(
 )
 
 
-class LayoutError(ValueError):
+class LayoutError(MolmoBatchError, ValueError):
     """A layout that cannot work (missing group, bad regex, unknown time zone)."""
 
 

@@ -30,9 +30,10 @@ from jobs.common import (
     run_main,
     setup_logging,
 )
-from pipeline.config import RunConfig
-from pipeline.run import RunSummary, run_date_for, run_pipeline
-from pipeline.tasks import parse_task_list
+from pipeline.config import ConfigError, RunConfig
+from pipeline.results.tasks import parse_task_list
+from pipeline.run.driver import run_pipeline
+from pipeline.run.summary import RunSummary, run_date_for
 
 SECTION = "nightly"
 OPTIONS = (
@@ -71,7 +72,6 @@ def build(argv: list[str] | None = None) -> tuple[argparse.Namespace, RunConfig,
     try:
         config, job = resolve(args, SECTION, OPTIONS, _pipeline_defaults)
     except ValueError as exc:  # a bad task spec
-        from pipeline.config import ConfigError
 
         raise ConfigError(str(exc)) from None
     return args, config, job

@@ -10,7 +10,7 @@ Two steps:
    overlap unless `--overlap-s` is given, so per-window counts add up), writes its tables (`videos`,
    `counts`, `points`, `video_counts`, `errors`) under `--output`.
 2. Post-processing reads those committed tables and writes the job's own tables under the same
-   `--output` (schemas in `pipeline.schemas.JOB_TABLES`, same atomic part protocol as the pipeline,
+   `--output` (schemas in `jobs.retail_tables`, same atomic part protocol as the pipeline,
    `retail_videos` as the commit record): `retail_counts`, `retail_points`, `retail_video_counts`
    (the pipeline's rows plus `store`, `camera`, `clip_start` and wall-clock times: `wall_start` /
    `wall_end` = clip_start + t_start / t_end, `wall_time` = clip_start + t) and `retail_hourly`
@@ -50,11 +50,12 @@ from jobs.common import (
     setup_logging,
 )
 from jobs.layout import DEFAULT_LAYOUT, ClipLayout, LayoutError
+from jobs.retail_tables import RETAIL_COMMIT_TABLE, RETAIL_TABLES
 from pipeline.config import ConfigError, RunConfig
-from pipeline.run import EXIT_OK, new_run_id, run_date_for, run_pipeline
-from pipeline.schemas import RETAIL_COMMIT_TABLE, RETAIL_TABLES
-from pipeline.sink import TableSink
-from pipeline.source import VideoRef
+from pipeline.run.driver import run_pipeline
+from pipeline.run.summary import EXIT_OK, new_run_id, run_date_for
+from pipeline.source.refs import VideoRef
+from pipeline.tables.sink import TableSink
 
 SECTION = "retail"
 OPTIONS = (

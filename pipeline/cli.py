@@ -2,7 +2,8 @@
 
 Every field of the typed config (`pipeline.config`) is a `--flag` of `run`, with the field's description
 as its help; `--config FILE.yaml` loads the same objects, and flags given on the command line override
-the file.
+the file. `plan` and `serve` take the fields they use from the same sections (same flags, same defaults),
+plus their own options, declared as a typed section in the tool.
 """
 
 from __future__ import annotations
@@ -13,10 +14,20 @@ import os
 import sys
 import types
 import typing
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.config import SECTIONS, ConfigError, RunConfig, build_config, load_yaml
+from pipeline.config import (
+    SECTIONS,
+    ConfigError,
+    ConfigSection,
+    RunConfig,
+    build_config,
+    config_from_flags,
+    load_yaml,
+)
+from pipeline.model.molmo2 import FRAME_SIZE
 
 
 def _flag(name: str) -> str:
@@ -38,44 +49,76 @@ def _parse_mapping(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field, grouped by section; defaults are suppressed so YAML values survive."""
-    for section, model in SECTIONS.items():
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    fields: Mapping[str, Sequence[str]] | None = None,
+    *,
+    sections: Mapping[str, type[ConfigSection]] = SECTIONS,
+    required: Collection[str] = (),
+) -> None:
+    """One flag per field of `sections` (the run config's by default), grouped by section.
+
+    Args:
+        fields: only these fields of these sections (e.g. `{"window": ["window_s"]}`); default: every field.
+        sections: the typed sections the flags come from (a tool passes its own options section).
+        required: `section.field` names of flags that must be given.
+
+    A flag stores its value under `section.field` (read back with `pipeline.config.flag_values`,
+    `merge_flags`); defaults are suppressed so a YAML file's values survive, and the section's own default
+    (shown in the help) applies to what is given nowhere.
+    """
+    chosen = fields if fields is not None else {name: list(model.model_fields) for name, model in sections.items()}
+    for section, names in chosen.items():
+        model = sections[section]
         group = parser.add_argument_group(f"{section} options")
-        for name, info in model.model_fields.items():
-            ann = _unwrap_optional(info.annotation)
-            default = info.get_default(call_default_factory=True)
-            help_text = f"{info.description} (default: {default!r})"
-            kwargs: dict[str, Any] = {"dest": f"{section}.{name}", "default": argparse.SUPPRESS, "help": help_text}
-            origin = typing.get_origin(ann)
-            if origin is Literal:
-                kwargs["choices"] = list(typing.get_args(ann))
-            elif origin is list:
-                kwargs["type"] = lambda s: [p.strip() for p in s.split(",") if p.strip()]
-                kwargs["metavar"] = "A,B,..."
-            elif origin is dict:
-                kwargs["type"] = _parse_mapping
-                kwargs["action"] = "append"
-                kwargs["metavar"] = "KEY=VALUE"
-            elif ann in (int, float, str):
-                kwargs["type"] = ann
-                kwargs["metavar"] = name.upper()
+        for name in names:
+            info = model.model_fields[name]
+            dest = f"{section}.{name}"
+            kwargs = _flag_kwargs(name, info.annotation, _cli_hints(info.json_schema_extra))
+            kwargs.update(dest=dest, default=argparse.SUPPRESS)
+            if dest in required:
+                kwargs.update(required=True, help=info.description)
+            else:
+                kwargs["help"] = f"{info.description} (default: {info.get_default(call_default_factory=True)!r})"
             group.add_argument(_flag(name), **kwargs)
 
 
+def _cli_hints(extra: Any) -> dict[str, Any]:
+    """A field's command-line hints (`json_schema_extra`): `repeatable` (one value per flag), `metavar`."""
+    return dict(extra) if isinstance(extra, dict) else {}
+
+
+def _flag_kwargs(name: str, annotation: Any, hints: Mapping[str, Any]) -> dict[str, Any]:
+    """How argparse parses one field's flag, from the field's type."""
+    ann = _unwrap_optional(annotation)
+    origin = typing.get_origin(ann)
+    kwargs: dict[str, Any] = {}
+    if origin is Literal:
+        kwargs["choices"] = list(typing.get_args(ann))
+    elif ann is bool:
+        kwargs["action"] = "store_true"
+    elif origin is list and hints.get("repeatable"):
+        kwargs["action"] = "append"
+        kwargs["metavar"] = name.upper()
+    elif origin is list:
+        kwargs["type"] = lambda s: [p.strip() for p in s.split(",") if p.strip()]
+        kwargs["metavar"] = "A,B,..."
+    elif origin is dict:
+        kwargs["type"] = _parse_mapping
+        kwargs["action"] = "append"
+        kwargs["metavar"] = "KEY=VALUE"
+    elif ann in (int, float, str):
+        kwargs["type"] = ann
+        kwargs["metavar"] = name.upper()
+    if "metavar" in hints and "metavar" in kwargs:
+        kwargs["metavar"] = hints["metavar"]
+    return kwargs
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The run config of `run`'s command line: defaults < `--config FILE.yaml` < flags."""
     nested: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
-    for key, value in vars(args).items():
-        if "." not in key:
-            continue
-        section, name = key.split(".", 1)
-        if isinstance(value, list) and value and isinstance(value[0], tuple):
-            value = dict(value)
-        nested.setdefault(section, {})
-        if not isinstance(nested[section], dict):
-            raise ConfigError(f"config section {section!r} must be a mapping")
-        nested[section][name] = value
-    return build_config(nested)
+    return config_from_flags(vars(args), nested)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build a tiny randomly initialised Molmo2 (real transformers classes) for offline runs and tests.",
     )
     tiny.add_argument("--out", required=True, help="Directory to write the checkpoint into.")
-    tiny.add_argument("--frame-size", type=int, default=112, help="Square frame side in pixels (378 = real geometry).")
+    tiny.add_argument("--frame-size", type=int, default=112,
+                      help=f"Square frame side in pixels ({FRAME_SIZE} = real geometry).")
     tiny.add_argument("--seed", type=int, default=0, help="Random seed of the weights.")
     tiny.add_argument("--overwrite", action="store_true", help="Replace an existing checkpoint in --out.")
 
@@ -114,20 +158,37 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--tasks", default="caption,count:person,point:cart,track:person", help="Tasks to run (comma-separated)."
     )
-    _add_tool_commands(sub)  # issue 6: query, render, plan, serve (block below)
+    _add_tool_commands(sub)  # query, render, plan, serve: tools on top of the pipeline
     return parser
 
 
-# ===== BEGIN issue 6 block: `query`, `render`, `plan`, `serve` subcommands ==========================
+# ----- The tools' subcommands: `query`, `render`, `plan`, `serve` (each module has its own `command`) -----
 # The parsers live here; each command's work is `command(args)` in its own module, imported on use.
-TOOL_COMMANDS = {"query": "pipeline.query", "render": "pipeline.render", "plan": "pipeline.plan", "serve": "pipeline.serve"}
+TOOL_COMMANDS = {"query": "pipeline.tools.query", "render": "pipeline.tools.render", "plan": "pipeline.tools.estimate", "serve": "pipeline.tools.serve.app"}
+
+
+# The run config's fields `plan` and `serve` take (same flags, same defaults as `run`).
+PLAN_FIELDS = {
+    "source": ["input", "include", "max_videos", "s3_endpoint_url"],
+    "model": ["model"],
+    "tasks": ["tasks"],
+    "window": ["window_s", "overlap_s"],
+    "sampling": ["sampling_mode", "num_frames", "max_fps"],
+    "decode": ["frame_size"],
+}
+SERVE_FIELDS = {
+    "model": ["model", "revision", "device", "max_new_tokens"],
+    "decode": ["frame_size"],
+    "sampling": ["num_frames", "max_fps"],
+    "window": ["window_s", "overlap_s"],
+    "ray": ["address"],
+    "source": ["s3_endpoint_url"],
+}
 
 
 def _add_tool_commands(sub: Any) -> None:
-    from pipeline.config import SamplingConfig, WindowConfig
-
-    def default(section: Any, name: str) -> Any:
-        return section.model_fields[name].default
+    from pipeline.tools.estimate import PlanOptions
+    from pipeline.tools.serve.settings import ServeOptions
 
     s3 = "S3-compatible endpoint (default: AWS_ENDPOINT_URL, else AWS)."
     q = sub.add_parser(
@@ -167,26 +228,12 @@ def _add_tool_commands(sub: Any) -> None:
     p = sub.add_parser(
         "plan",
         help="List a corpus (container metadata only) and estimate windows, tokens, GPU-hours and cost.",
-        description="Estimate a run before running it; formulas and the throughput profile: pipeline/plan.py.",
+        description="Estimate a run before running it; formulas and the throughput profile: "
+        "pipeline/tools/estimate.py. The run options mean what they mean for `run`; without --frame-size, "
+        "a local checkpoint's declared frame size is used, else the profile's.",
     )
-    p.add_argument("--input", help="The videos: a folder, file:// or s3://BUCKET/PREFIX.")
-    p.add_argument("--model", default="allenai/Molmo2-8B", help="The variant to highlight (or a local checkpoint).")
-    p.add_argument("--tasks", default="caption", help="Tasks, comma-separated, as for `run` (default: caption).")
-    p.add_argument("--profile", metavar="FILE.yaml", help="Throughput profile merged over the default.")
-    p.add_argument("--print-profile", action="store_true", help="Print the (merged) profile as YAML and exit.")
-    p.add_argument("--gpus", type=int, default=1, help="GPUs the run will use, for the wall-clock estimate.")
-    p.add_argument("--window-s", type=float, default=default(WindowConfig, "window_s"), help="As for `run`.")
-    p.add_argument("--overlap-s", type=float, default=default(WindowConfig, "overlap_s"), help="As for `run`.")
-    p.add_argument("--num-frames", type=int, default=default(SamplingConfig, "num_frames"), help="As for `run`.")
-    p.add_argument("--max-fps", type=float, default=default(SamplingConfig, "max_fps"), help="As for `run`.")
-    p.add_argument("--sampling-mode", choices=["native", "uniform_last_frame"],
-                   default=default(SamplingConfig, "sampling_mode"), help="As for `run`.")
-    p.add_argument("--frame-size", type=int, help="Model frame side in pixels (default: the profile's, 378).")
-    p.add_argument("--include", type=lambda v: [x for x in v.split(",") if x], help="Glob patterns, as for `run`.")
-    p.add_argument("--max-videos", type=int, help="Plan only the first N videos.")
-    p.add_argument("--format", choices=["table", "json"], default="table", help="table (terminal) or json.")
-    p.add_argument("--max-rows", type=int, default=20, help="Videos listed in the table (default: 20).")
-    p.add_argument("--s3-endpoint-url", help=s3)
+    add_config_flags(p, PLAN_FIELDS)
+    add_config_flags(p, sections={"plan": PlanOptions})
 
     v = sub.add_parser(
         "serve",
@@ -194,25 +241,8 @@ def _add_tool_commands(sub: Any) -> None:
         description="A Ray Serve app answering POST /v1/analyze with the batch tables' rows as JSON. "
         "Requires a bearer token in MOLMO_BATCH_SERVE_TOKEN; URIs only under --allow-prefix.",
     )
-    v.add_argument("--model", required=True, help="Molmo2 checkpoint: Hub id, local directory or s3:// prefix.")
-    v.add_argument("--revision", help="Hub revision of --model.")
-    v.add_argument("--allow-prefix", action="append", default=[], metavar="URI_PREFIX",
-                   help="A URI prefix requests may name (s3://bucket/videos/, https://host/path/); repeatable.")
-    v.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: 127.0.0.1; 0.0.0.0 for all).")
-    v.add_argument("--port", type=int, default=8000, help="Port (default: 8000).")
-    v.add_argument("--address", help="Ray cluster to join (or RAY_ADDRESS); unset starts a local Ray.")
-    v.add_argument("--replicas", type=int, help="Replicas (default: one per GPU, or 1 without GPUs).")
-    v.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="As for `run`.")
-    v.add_argument("--max-new-tokens", type=int, default=256, help="Generation limit per answer.")
-    v.add_argument("--frame-size", type=int, help="Model frame side (default: read from the model's processor).")
-    v.add_argument("--num-frames", type=int, default=default(SamplingConfig, "num_frames"), help="As for `run`.")
-    v.add_argument("--max-fps", type=float, default=default(SamplingConfig, "max_fps"), help="As for `run`.")
-    v.add_argument("--window-s", type=float, default=default(WindowConfig, "window_s"), help="As for `run`.")
-    v.add_argument("--overlap-s", type=float, default=default(WindowConfig, "overlap_s"), help="As for `run`.")
-    v.add_argument("--max-upload-mb", type=int, default=512, help="Largest upload or fetched video, MiB (413 above).")
-    v.add_argument("--max-duration-s", type=float, default=600.0, help="Longest video in seconds (413 above).")
-    v.add_argument("--max-tasks", type=int, default=8, help="Most tasks per request (422 above).")
-    v.add_argument("--s3-endpoint-url", help=s3)
+    add_config_flags(v, SERVE_FIELDS, required={"model.model"})
+    add_config_flags(v, sections={"serve": ServeOptions})
 
 
 def _run_tool_command(args: argparse.Namespace) -> int:
@@ -222,7 +252,6 @@ def _run_tool_command(args: argparse.Namespace) -> int:
     return int(module.command(args))
 
 
-# ===== END issue 6 block ==========================================================================
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
 
                 print(yaml.safe_dump(config.public_dict(), sort_keys=False))
                 return 0
-            from pipeline.run import EXIT_FAILED, PipelineError, run_pipeline
+            from pipeline.errors import PipelineError
+            from pipeline.run.driver import run_pipeline
+            from pipeline.run.summary import EXIT_FAILED
 
             try:
                 summary = run_pipeline(config)
@@ -249,14 +280,14 @@ def main(argv: list[str] | None = None) -> int:
             print(summary.render())
             return summary.exit_code
         if args.command == "build-tiny-model":
-            from pipeline.tiny_model import build_tiny_molmo2
+            from pipeline.devtools.tiny_model import build_tiny_molmo2
 
             path = build_tiny_molmo2(args.out, frame_size=args.frame_size, seed=args.seed, overwrite=args.overwrite)
             print(f"tiny Molmo2 written to {path}")
             return 0
         if args.command == "demo":
             return run_demo(Path(args.workdir), args.tasks)
-        if args.command in TOOL_COMMANDS:  # issue 6 block
+        if args.command in TOOL_COMMANDS:
             return _run_tool_command(args)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
@@ -267,9 +298,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_demo(workdir: Path, tasks: str) -> int:
     """Sample videos + tiny model + a run with every table, then show where the tables are."""
-    from pipeline.run import run_pipeline
-    from pipeline.samples import write_demo_corpus
-    from pipeline.tiny_model import build_tiny_molmo2
+    from pipeline.devtools.samples import write_demo_corpus
+    from pipeline.devtools.tiny_model import build_tiny_molmo2
+    from pipeline.run.driver import run_pipeline
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -300,7 +331,7 @@ def print_tables(output: str, limit: int = 3) -> None:
     """Print each table's location, row count and a few rows (DuckDB over the Parquet files)."""
     import duckdb
 
-    from pipeline.schemas import TABLES
+    from pipeline.tables.schemas import TABLES
 
     con: Any = duckdb.connect()
     for table in TABLES:

@@ -2,32 +2,41 @@
 
 Every field carries a description; `pipeline.cli` turns each field into a `--flag` with that description
 as its help text, so the CLI, the YAML schema and this module cannot drift apart. Field names are unique
-across sections for exactly that reason (a flag is named after its field).
+across sections for exactly that reason (a flag is named after its field). A flag's value is stored under
+`section.field` (`model.batch_size`); `merge_flags` puts those values into the nested config, for `run`,
+`plan`, `serve` and the jobs alike.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.tasks import parse_task_list
+from pipeline.errors import MolmoBatchError
+from pipeline.results.tasks import parse_task_list
 
 VIDEO_GLOBS = ["*.mp4", "*.mov", "*.mkv", "*.webm", "*.avi", "*.m4v", "*.mpg", "*.mpeg", "*.ts"]
 
 
-class ConfigError(ValueError):
+class ConfigError(MolmoBatchError, ValueError):
     """Bad configuration: raised at start-up with a message that says how to fix it."""
 
 
-class _Section(BaseModel):
+class ConfigSection(BaseModel):
+    """One section of settings: a YAML mapping and a group of flags (each field a `--flag`)."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class SourceConfig(_Section):
+SectionT = TypeVar("SectionT", bound=ConfigSection)
+
+
+class SourceConfig(ConfigSection):
     input: str = Field(
         "",
         description="Where the videos are: a local folder or file, file://, s3://BUCKET/PREFIX, or any fsspec URL.",
@@ -60,7 +69,7 @@ class SourceConfig(_Section):
     )
 
 
-class SamplingConfig(_Section):
+class SamplingConfig(ConfigSection):
     sampling_mode: Literal["native", "uniform_last_frame"] = Field(
         "native",
         description=(
@@ -72,7 +81,7 @@ class SamplingConfig(_Section):
     max_fps: float = Field(2.0, gt=0, description="At most this many sampled frames per second of video.")
 
 
-class WindowConfig(_Section):
+class WindowConfig(ConfigSection):
     window_s: float = Field(
         60.0, gt=0, description="Window length in seconds: longer videos are cut into windows of this length."
     )
@@ -90,7 +99,7 @@ class WindowConfig(_Section):
         return self
 
 
-class DecodeConfig(_Section):
+class DecodeConfig(ConfigSection):
     decode_num_cpus: float = Field(1.0, gt=0, description="CPUs Ray reserves for each decode task.")
     decode_concurrency: int = Field(
         2, ge=1, description="How many decode tasks may run at once (the decode stage's own concurrency)."
@@ -140,7 +149,7 @@ class DecodeConfig(_Section):
     )
 
 
-class ModelConfig(_Section):
+class ModelConfig(ConfigSection):
     model: str = Field(
         "allenai/Molmo2-8B",
         description=(
@@ -210,7 +219,7 @@ class ModelConfig(_Section):
         return self
 
 
-class TasksConfig(_Section):
+class TasksConfig(ConfigSection):
     tasks: list[str] = Field(
         default_factory=lambda: ["caption"],
         description=(
@@ -236,7 +245,7 @@ class TasksConfig(_Section):
         return value
 
 
-class OutputConfig(_Section):
+class OutputConfig(ConfigSection):
     output: str = Field("", description="Where the Parquet tables go: a local folder, file://, s3://BUCKET/PREFIX.")
     run_id: str | None = Field(None, description="Run identifier written on every row (default: generated).")
     flush_videos: int = Field(
@@ -251,7 +260,7 @@ class OutputConfig(_Section):
     )
 
 
-class RayConfig(_Section):
+class RayConfig(ConfigSection):
     address: str | None = Field(
         None, description="Ray cluster to join (or RAY_ADDRESS); unset starts an embedded local Ray."
     )
@@ -287,24 +296,22 @@ class RunConfig(BaseModel):
     ray: RayConfig = Field(default_factory=lambda: RayConfig())
 
     def check_ready(self) -> None:
-        """Checks that need every section; raise ConfigError with a fix-it message."""
+        """Checks that need every section; raise ConfigError with a fix-it message.
+
+        The frames-fit-the-context check needs Molmo2's geometry: `pipeline.run.settings.check_ready` makes
+        both.
+        """
         if not self.source.input:
             raise ConfigError("no input: pass --input URL (a folder, file://, s3://...) or set source.input in YAML")
         if not self.output.output:
             raise ConfigError("no output: pass --output URL or set output.output in YAML")
-        tokens_per_frame = 81  # 378 px, 14 px patches, 3x3 pooling; informative only
-        if self.sampling.num_frames * tokens_per_frame > 36_000:
-            raise ConfigError(
-                f"num_frames={self.sampling.num_frames} needs ~{self.sampling.num_frames * tokens_per_frame} "
-                "visual tokens, over Molmo2's 36,864-token context: lower --num-frames (<= 384)"
-            )
 
     def public_dict(self) -> dict[str, Any]:
         """The config as plain data, safe to log and to write into the runs table (no secrets live here)."""
         return self.model_dump(mode="json")
 
 
-SECTIONS: dict[str, type[_Section]] = {
+SECTIONS: dict[str, type[ConfigSection]] = {
     name: field.annotation  # type: ignore[misc]
     for name, field in RunConfig.model_fields.items()
 }
@@ -327,13 +334,58 @@ def build_config(nested: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(nested)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"])
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                section = SECTIONS.get(str(err["loc"][0])) if len(err["loc"]) > 1 else None
-                valid = sorted(section.model_fields) if section else sorted(SECTIONS)
-                msg = f"unknown setting (check the spelling); valid here: {', '.join(valid)}"
-            lines.append(f"  {where}: {msg}")
-        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+        raise _readable(exc, SECTIONS) from None
+
+
+def build_section(name: str, model: type[SectionT], data: Mapping[str, Any]) -> SectionT:
+    """Validate one section's data (e.g. a tool's own options), errors as one readable ConfigError."""
+    try:
+        return model.model_validate(dict(data))
+    except ValidationError as exc:
+        raise _readable(exc, {name: model}, prefix=name) from None
+
+
+def _readable(exc: ValidationError, sections: Mapping[str, type[ConfigSection]], prefix: str = "") -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        loc = (prefix, *err["loc"]) if prefix else err["loc"]
+        where = ".".join(str(p) for p in loc)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            section = sections.get(str(loc[0])) if len(loc) > 1 else None
+            valid = sorted(section.model_fields) if section else sorted(sections)
+            msg = f"unknown setting (check the spelling); valid here: {', '.join(valid)}"
+        lines.append(f"  {where}: {msg}")
+    return ConfigError("invalid configuration:\n" + "\n".join(lines))
+
+
+def flag_values(flags: Mapping[str, Any], section: str) -> dict[str, Any]:
+    """The values of one section's flags given on the command line (argparse dests `section.field`)."""
+    prefix = section + "."
+    out: dict[str, Any] = {}
+    for key, value in flags.items():
+        if not key.startswith(prefix):
+            continue
+        if isinstance(value, list) and value and isinstance(value[0], tuple):  # repeated KEY=VALUE
+            value = dict(value)
+        out[key[len(prefix) :]] = value
+    return out
+
+
+def merge_flags(nested: dict[str, Any], flags: Mapping[str, Any]) -> dict[str, Any]:
+    """Put the run config's flags (`section.field` keys; others are ignored) over nested data (e.g. a YAML
+    file's) and return it: flags given on the command line override the file, field by field."""
+    for section in SECTIONS:
+        values = flag_values(flags, section)
+        if not values:
+            continue
+        nested.setdefault(section, {})
+        if not isinstance(nested[section], dict):
+            raise ConfigError(f"config section {section!r} must be a mapping")
+        nested[section].update(values)
+    return nested
+
+
+def config_from_flags(flags: Mapping[str, Any], nested: dict[str, Any] | None = None) -> RunConfig:
+    """The RunConfig of defaults < `nested` (e.g. a YAML file's data) < flags (see `merge_flags`)."""
+    return build_config(merge_flags(nested if nested is not None else {}, flags))

@@ -1,9 +1,9 @@
 """The crash ledger: how often each unit of work was started and never finished, across process deaths.
 
 A native crash (segfault, OOM kill, CUDA fault) kills the process that would have reported it, so the
-count lives in a Ray actor owned by the driver (run.py pins it to the driver's node). Both stages use
-it: the model host per batch and per window (`infer.Molmo2Host`), the decode stage per video
-(`decode._decode_guarded`). Past a bound, the unit becomes an error row instead of another crash.
+count lives in a Ray actor owned by the driver (run.driver pins it to the driver's node). Both stages use
+it: the model host per batch and per window (`model.host.Molmo2Host`), the decode stage per video
+(`video.decode._decode_guarded`). Past a bound, the unit becomes an error row instead of another crash.
 """
 
 from __future__ import annotations

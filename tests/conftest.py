@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from pipeline.testing.seaweed import SeaweedServer
+    from pipeline.devtools.seaweed import SeaweedServer
 
 # Offline and on loopback, before anything imports Ray or transformers.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,7 +22,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipeline.tiny_model import build_tiny_molmo2
+    from pipeline.devtools.tiny_model import build_tiny_molmo2
 
     return build_tiny_molmo2(tmp_path_factory.mktemp("tiny-molmo2"), frame_size=112, seed=0)
 
@@ -30,7 +30,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def sample_videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo corpus: 4 real mp4s, one (26 s) longer than a 10 s window, one rotated portrait."""
-    from pipeline.samples import write_demo_corpus
+    from pipeline.devtools.samples import write_demo_corpus
 
     folder = tmp_path_factory.mktemp("videos")
     write_demo_corpus(folder)
@@ -76,7 +76,7 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]
     generated keys, stopped by PID. Sets nothing global: tests pass `seaweed.endpoint` and the keys
     explicitly (config, `seaweed.client_env()` for subprocesses, monkeypatch for in-process clients);
     each test makes its own bucket (`seaweed.make_bucket()`)."""
-    from pipeline.testing.seaweed import SeaweedServer
+    from pipeline.devtools.seaweed import SeaweedServer
 
     server = SeaweedServer(tmp_path_factory.mktemp("seaweed"))
     server.start()

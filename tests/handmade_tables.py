@@ -8,7 +8,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline.schemas import to_table
+from pipeline.tables import layout
+from pipeline.tables.reader import known_tables
+from pipeline.tables.schemas import to_table
 
 RUN_ID = "20260101T000000Z-handmade"
 PROV: dict[str, Any] = {
@@ -68,7 +70,8 @@ def write_tables(out: Path, tables: dict[str, list[dict[str, Any]]], *, key: str
                  run_date: str = "2026-01-01", commit: bool = True, commit_table: str = "videos") -> None:
     """Write one part (same key in every table, the commit table last) like `TableSink.flush`."""
     names = [t for t in tables if t != commit_table] + ([commit_table] if commit and commit_table in tables else [])
+    schemas = known_tables()  # the pipeline's tables and the registered jobs' (e.g. retail_hourly)
     for name in names:
-        folder = out / name / f"run_date={run_date}"
+        folder = Path(layout.table_folder(str(out), name, run_date))
         folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(to_table(name, tables[name]), folder / f"part-{key}.parquet")
+        pq.write_table(to_table(name, tables[name], schema=schemas[name]), folder / layout.part_name(key))

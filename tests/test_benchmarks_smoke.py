@@ -1,4 +1,4 @@
-"""The benchmark suite (benchmarks/, ISSUE 7) runs end to end in its --quick mode.
+"""The benchmark suite (benchmarks/) runs end to end in its --quick mode.
 
 Correctness only: every benchmark runs on a tiny corpus and model and reports a number for each item.
 No timing or ratio is asserted (figures from --quick are meaningless, and timings belong to

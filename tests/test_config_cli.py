@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.cli import build_parser, config_from_args, main
 from pipeline.config import SECTIONS, ConfigError, RunConfig, build_config
-from pipeline.tasks import build_tasks, parse_task
+from pipeline.results.tasks import build_tasks, parse_task
 
 
 def _cfg(argv: list[str]) -> RunConfig:
@@ -86,7 +86,7 @@ def test_main_reports_a_broken_run_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A run that breaks (a node lost, the store gone) exits 1 with its message, not a traceback."""
-    from pipeline import run
+    from pipeline.run import driver as run
 
     def broken(config: RunConfig) -> None:
         raise run.PipelineError("run stopped: decode node lost\n3 video(s) were committed; rerun the same command")
@@ -96,3 +96,55 @@ def test_main_reports_a_broken_run_in_one_line(
     assert main(["run", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: run stopped: decode node lost") and "Traceback" not in err
+
+
+def test_chosen_sections_and_fields_become_flags() -> None:
+    """`plan`, `serve` and the tools' own sections use the same flag builder as `run`."""
+    import argparse
+
+    from pydantic import Field
+
+    from pipeline.cli import add_config_flags
+    from pipeline.config import ConfigSection, build_section, flag_values
+
+    class ToolOptions(ConfigSection):
+        names: list[str] = Field(default_factory=list, description="Repeatable.", json_schema_extra={"repeatable": True})
+        dry_run: bool = Field(False, description="A switch.")
+        level: int = Field(3, description="A number.")
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, {"window": ["window_s"], "model": ["model"]}, required={"model.model"})
+    add_config_flags(parser, sections={"tool": ToolOptions})
+    flags = vars(parser.parse_args(["--model", "m", "--names", "a", "--names", "b,c", "--dry-run"]))
+    assert flags == {"model.model": "m", "tool.names": ["a", "b,c"], "tool.dry_run": True}  # defaults suppressed
+    assert "--overlap-s" not in parser.format_help() and "--window-s" in parser.format_help()
+    options = build_section("tool", ToolOptions, flag_values(flags, "tool"))
+    assert options == ToolOptions(names=["a", "b,c"], dry_run=True, level=3)
+    with pytest.raises(ConfigError, match=r"tool\.level"):
+        build_section("tool", ToolOptions, {"level": "many"})
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--window-s", "3"])  # --model is required here
+
+
+def test_flags_override_yaml_field_by_field() -> None:
+    from pipeline.config import config_from_flags, merge_flags
+
+    nested = {"model": {"model": "a", "batch_size": 2}, "tasks": {"tasks": "caption"}}
+    flags = {"model.batch_size": 8, "tasks.prompt_templates": [("count", "Count {noun}.")], "job.extra": 1}
+    assert merge_flags(nested, flags) == {
+        "model": {"model": "a", "batch_size": 8},
+        "tasks": {"tasks": "caption", "prompt_templates": {"count": "Count {noun}."}},
+    }  # a job's own options (job.*) are not the run config's
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        config_from_flags({"model.batch_size": 8}, {"model": "x"})
+
+
+def test_frames_must_fit_the_context_before_a_run() -> None:
+    from pipeline.run.settings import check_ready
+
+    ready = {"source": {"input": "/v"}, "output": {"output": "/o"}}
+    check_ready(build_config({**ready, "sampling": {"num_frames": 384}}))
+    with pytest.raises(ConfigError, match=r"num_frames=500 needs ~40500 visual tokens.*--num-frames"):
+        check_ready(build_config({**ready, "sampling": {"num_frames": 500}}))
+    with pytest.raises(ConfigError, match="no input"):
+        check_ready(build_config({"output": {"output": "/o"}}))

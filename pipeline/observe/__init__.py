@@ -1,0 +1,1 @@
+"""What a person watching sees: `progress` (live progress, ETA) and `metrics` (Ray/Prometheus metrics, stage timings)."""

@@ -1,0 +1,1 @@
+"""From answers to rows, pure (no Ray, no torch): `tasks` (questions), `parse` (Molmo2's point/track grammar), `grounding` (pixels and seconds), `stitch` (tracks across windows), `collect` (one video's rows for every table)."""

@@ -1,0 +1,1 @@
+"""What drives a run: `driver` (prepare / stream / finish), `graph` (the one place the Ray Data graph is built), `resources` (what to ask of the cluster), `settings` (config to stage settings), `summary` and `record` (what the run did)."""

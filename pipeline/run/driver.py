@@ -1,0 +1,318 @@
+"""One run, end to end: check the config, list the source, skip what is done, stream the Ray Data graph,
+collect each video's answers, write committed Parquet parts, and summarise.
+
+Exit codes (also what `jobs/` return): 0 every video ok; 3 partial (some videos failed or were only
+partly processed, the rest is written); 1 failure (nothing succeeded, or the run itself broke);
+2 bad configuration (nothing was started).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from pipeline.config import ConfigError, RunConfig
+from pipeline.errors import PipelineError
+from pipeline.io.retry import retry_call
+from pipeline.io.secrets import install_log_redaction, redact
+from pipeline.ledger import AttemptLedger
+from pipeline.model.store import check_model_reachable
+from pipeline.observe.metrics import generate_seconds, stage_times
+from pipeline.observe.progress import RunProgress
+from pipeline.results.collect import VideoCollector, clean_row, video_tables
+from pipeline.results.tasks import Task
+from pipeline.run import settings
+from pipeline.run.graph import build_dataset
+from pipeline.run.record import now_utc, runs_row, write_runs_row
+from pipeline.run.resources import ClusterInfo, unmet_needs
+from pipeline.run.summary import VIDEO_STATUSES, RunSummary, new_run_id, run_date_for
+from pipeline.source.listing import list_videos
+from pipeline.source.refs import SourceError, VideoRef
+from pipeline.tables.sink import TableSink
+
+log = logging.getLogger("pipeline")
+
+
+def _init_ray(config: RunConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    # An embedded single-machine Ray: keep it on loopback and quiet.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    num_cpus = config.ray.ray_num_cpus or max(os.cpu_count() or 1, 4)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+class RunDriver:
+    """One run in three steps: `prepare` (config, model, listing, what is already done), `stream` (the Ray
+    Data graph, each finished video collected and committed), `finish` (stats, incomplete videos, the
+    run record). `run()` does all three; a job may call them one by one.
+
+    `video_filter` (optional) keeps only the listed videos it returns True for (a job's own selection).
+    """
+
+    def __init__(
+        self, config: RunConfig, *, echo: Any = print, video_filter: Callable[[VideoRef], bool] | None = None
+    ) -> None:
+        self.config = config
+        self.echo = _redacting(echo)  # no credential reaches a log line or the console (pipeline.io.secrets)
+        self.video_filter = video_filter
+        self.started = time.monotonic()
+        self.started_at = now_utc()
+        self.storage_retry = settings.storage_retry(config)
+        self.run_id = config.output.run_id or new_run_id()
+        self.run_date = run_date_for(self.run_id)
+        self.summary = RunSummary(run_id=self.run_id, output=config.output.output)
+        self.tasks: list[Task] = []
+        self.todo: list[VideoRef] = []
+        self.sink: TableSink | None = None
+
+    def run(self) -> RunSummary:
+        """Prepare, stream and finish; raise ConfigError before starting anything on bad config."""
+        if self.prepare():
+            self.stream()
+        return self.finish()
+
+    # -- prepare -----------------------------------------------------------------------------------
+
+    def prepare(self) -> bool:
+        """Check the config and the model, list the input, skip what is committed. True if work remains."""
+        config, echo, summary = self.config, self.echo, self.summary
+        install_log_redaction()
+        settings.check_ready(config)
+        self.tasks = settings.tasks_of(config)
+        endpoint = config.source.s3_endpoint_url
+        try:
+            check_model_reachable(config.model.model, endpoint)
+        except ConfigError as exc:
+            raise ConfigError(redact(exc)) from None
+        refs = self._list()
+        summary.videos_listed = len(refs)
+        summary.input_objects = len({r.source_url or r.uri for r in refs})
+
+        sink = TableSink(config.output.output, run_date=self.run_date, endpoint_url=endpoint, retry=self.storage_retry)
+        self.sink = sink
+        removed = sink.recover()
+        if removed:
+            echo(f"recovered: removed {removed} uncommitted part file(s) left by an interrupted run")
+        done = sink.done_video_ids()
+        retry = set(config.output.retry_statuses)
+        if retry:  # done = has a committed row whose status is not retried; the others are processed again
+            keep = [s for s in VIDEO_STATUSES if s not in retry]
+            committed, done = done, sink.done_video_ids(statuses=keep)
+            summary.videos_retried = sum(1 for r in refs if r.video_id in committed and r.video_id not in done)
+            if summary.videos_retried:
+                echo(f"retrying {summary.videos_retried} video(s) whose status was {' or '.join(sorted(retry))}")
+        self.todo = [r for r in refs if r.video_id not in done]
+        summary.videos_skipped = len(refs) - len(self.todo)
+        echo(f"run {self.run_id}: {len(refs)} video(s) listed under {config.source.input}, {len(self.todo)} to process")
+        return bool(self.todo)
+
+    def _list(self) -> list[VideoRef]:
+        config = self.config
+        try:
+            refs = list_videos(
+                config.source.input,
+                include=config.source.include,
+                exclude=config.source.exclude,
+                endpoint_url=config.source.s3_endpoint_url,
+                max_videos=config.source.max_videos,
+                manifest_uri_column=config.source.manifest_uri_column,
+                retry=self.storage_retry,
+            )
+        except SourceError as exc:
+            raise ConfigError(redact(exc)) from None
+        if self.video_filter is not None:
+            refs = [r for r in refs if self.video_filter(r)]
+        return refs
+
+    # -- stream ------------------------------------------------------------------------------------
+
+    def stream(self) -> None:
+        """Start Ray, build the graph for the videos to do, and commit each video as it finishes."""
+        config, echo, summary, tasks = self.config, self.echo, self.summary, self.tasks
+        assert self.sink is not None, "prepare() first"
+        sink = self.sink
+        frame_size = settings.frame_size_of(config)
+        decode_settings = settings.decode_settings(config, frame_size)
+        host_settings = settings.host_settings(config, tasks)
+        ctx = settings.row_context(config, self.run_id)
+
+        _init_ray(config)
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        data_ctx = ray.data.DataContext.get_current()
+        _set_reliability_limits(data_ctx, frame_size, config)
+        # Counts model calls and decodes that killed their process, across restarts (Molmo2Host, decode); dies
+        # with the driver.
+        # Pinned to the driver's node: on a multi-node cluster it would otherwise land anywhere, and losing that
+        # node would fail every model call after it (seen in tests/run/test_multinode.py).
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        ledger = ray.remote(num_cpus=0)(AttemptLedger).options(scheduling_strategy=here).remote()
+        host_settings = dataclasses.replace(host_settings, ledger=ledger)
+        decode_settings = dataclasses.replace(decode_settings, ledger=ledger)  # counts decodes that killed their task
+        # pipeline.observe.progress.RunProgress replaces Ray Data's bars (two live displays garble a terminal).
+        data_ctx.enable_progress_bars = False
+        cluster = ClusterInfo.from_ray_nodes(ray.nodes())  # the alive nodes, each with its resources
+        plan = settings.resource_plan(config, cluster, num_videos=len(self.todo))
+        summary.plan = plan.describe()
+        echo(cluster.describe())
+        echo(f"plan: {plan.describe()}")
+        for warning in plan.warnings:
+            echo(f"warning: {warning}")
+        ds = build_dataset(self.todo, decode_settings, host_settings, plan, stall_timeout_s=config.ray.stall_timeout_s)
+        collector = VideoCollector(num_tasks=len(tasks))
+        progress = RunProgress(config.ray.progress, len(self.todo), num_tasks=len(tasks))
+        call_latencies: set[float] = set()  # one value per model call (see observe.metrics.generate_seconds)
+        taken: dict[str, set[tuple[Any, ...]]] = defaultdict(set)  # rows already taken, per unfinished video
+        finished_ids: set[str] = set()
+        duplicates = 0
+        stream_error: BaseException | None = None
+        try:
+            for raw in progress.track(ds.iter_rows()):
+                row = clean_row(dict(raw))
+                vid = str(row["video_id"])
+                key = (int(row["window_index"]), row.get("task"), row.get("query"))
+                if vid in finished_ids or key in taken[vid]:
+                    # A retried task (its process died) re-emitted rows already taken: never count or write twice.
+                    duplicates += 1
+                    continue
+                taken[vid].add(key)
+                finished = collector.add(row)
+                if finished is None:
+                    continue
+                finished_ids.add(vid)
+                taken.pop(vid, None)
+                t_collect = time.perf_counter()
+                tables = video_tables(finished, tasks, ctx)
+                video = tables["videos"][0]
+                self._count(video, finished, tables, call_latencies)
+                sink.add_video(video["video_id"], tables)
+                if video["status"] == "failed":
+                    echo(f"  failed: {video['uri']} ({video['error_summary']})")
+                if sink.pending_videos >= config.output.flush_videos:
+                    sink.flush()
+                progress.video_done(video["status"])
+                summary.write_s += time.perf_counter() - t_collect
+        except Exception as exc:  # the stream broke (a Ray failure, storage down past its budget, ...)
+            stream_error = exc
+        t_collect = time.perf_counter()
+        try:
+            # What finished is committed even when the stream broke: a rerun then redoes only the rest.
+            sink.flush()
+        except Exception as exc:
+            stream_error = stream_error or exc
+        summary.write_s += time.perf_counter() - t_collect
+        progress.close()
+        if stream_error is not None:
+            summary.elapsed_s = time.monotonic() - self.started
+            self._record(error=f"{type(stream_error).__name__}: {stream_error}")
+            raise PipelineError(
+                redact(f"run stopped: {type(stream_error).__name__}: {stream_error}")[:4000]
+                + "".join(f"\n{need}" for need in unmet_needs(plan))  # e.g. the only decode node died
+                + f"\n{len(finished_ids)} video(s) were committed; rerun the same command to finish the others"
+            ) from None
+        if duplicates:
+            log.info("dropped %d duplicate row(s) re-emitted by retried tasks", duplicates)
+        try:
+            summary.stats = ds.stats()
+            stages = stage_times(ds)
+            summary.decode_s, summary.model_s = stages["decode"], stages["model"]
+        except Exception as exc:  # statistics are nice to have; never fail a finished run over them
+            log.warning("no execution stats: %s", redact(exc))
+        summary.generate_s = generate_seconds(sorted(call_latencies))
+        leftover = collector.drain()
+        # Videos that never reached the collector: their decode or model block failed past Ray's bounded
+        # retries (max_errored_blocks lets the run go on). Nothing of them is written; a rerun processes them.
+        missing = [r for r in self.todo if r.video_id not in finished_ids and r.video_id not in leftover]
+        incomplete = len(leftover) + len(missing)
+        if incomplete:  # the stream ended without some windows: never write half a video
+            echo(f"warning: {incomplete} video(s) incomplete at the end of the stream; a rerun processes them")
+            summary.failed += incomplete
+            summary.error_types["run:Incomplete"] += incomplete
+
+    def _count(
+        self, video: dict[str, Any], rows: list[dict[str, Any]], tables: dict[str, list[dict[str, Any]]],
+        call_latencies: set[float],
+    ) -> None:
+        """Add one finished video to the summary."""
+        summary = self.summary
+        summary.ok += video["status"] == "ok"
+        summary.partial += video["status"] == "partial"
+        summary.failed += video["status"] == "failed"
+        summary.windows += int(video["windows"] or 0)
+        for r in rows:
+            if r.get("task"):
+                summary.answers += 1
+                summary.prompt_tokens += int(r.get("prompt_tokens") or 0)
+                summary.generated_tokens += int(r.get("generated_tokens") or 0)
+                if r.get("latency_s"):
+                    call_latencies.add(float(r["latency_s"]))
+        for err in tables.get("errors", []):
+            summary.error_types[f"{err['stage']}:{err['error_type']}"] += 1
+
+    # -- finish ------------------------------------------------------------------------------------
+
+    def finish(self) -> RunSummary:
+        """Total the rows written, time the run, write its `runs` record."""
+        if self.sink is not None:
+            self.summary.rows_written = dict(self.sink.rows_written)
+        self.summary.elapsed_s = time.monotonic() - self.started
+        self._record()
+        return self.summary
+
+    def _record(self, error: str | None = None) -> None:
+        """Write the run's `runs` row (a failure to write it is a warning: the tables are already written)."""
+        config = self.config
+        try:
+            row = runs_row(self.summary, config, started_at=self.started_at, finished_at=now_utc(), error=error)
+            retry_call(
+                lambda: write_runs_row(config.output.output, self.run_date, row, endpoint_url=config.source.s3_endpoint_url),
+                "write the runs record",
+                self.storage_retry,
+            )
+        except Exception as exc:
+            self.echo(f"warning: could not write the runs record: {type(exc).__name__}: {exc}")
+
+
+def run_pipeline(
+    config: RunConfig, *, echo: Any = print, video_filter: Callable[[VideoRef], bool] | None = None
+) -> RunSummary:
+    """Run the whole pipeline for `config` (see `RunDriver`); raise ConfigError before starting anything on
+    bad config, PipelineError when the run itself breaks (what finished is committed)."""
+    return RunDriver(config, echo=echo, video_filter=video_filter).run()
+
+
+def _redacting(echo: Any) -> Callable[[Any], None]:
+    def out(message: Any) -> None:
+        echo(redact(message))
+
+    return out
+
+
+def _set_reliability_limits(data_ctx: Any, frame_size: int, config: RunConfig) -> None:
+    """Ray Data settings for a run that loses nothing and keeps memory bounded.
+
+    - `max_errored_blocks = -1`: Python errors never reach Ray (decode and the model turn them into
+      error rows), so a failed block means work whose process kept dying past the bounded retries
+      (graph.retry_limits). The run goes on; those videos are reported incomplete and a rerun does them.
+    - `target_max_block_size` ~ 2 windows: decode yields one window per row (frames uint8 at model
+      resolution) and Ray keeps at most 2 unconsumed blocks per streaming task, so one decode task holds
+      about 3 blocks = 6 windows of frames, however long its video; the object store budget and Ray Data's
+      backpressure bound how many windows wait for the model.
+    """
+    data_ctx.max_errored_blocks = -1
+    window_bytes = config.sampling.num_frames * frame_size * frame_size * 3
+    data_ctx.target_max_block_size = int(min(128 * 2**20, max(8 * 2**20, 2 * window_bytes)))

@@ -1,0 +1,1 @@
+"""From bytes to frames: `fetch` (a local copy, ranged reads), `probe` (what the file is), `readers` (PyAV, decord2), `sampling` (which frames, which windows), `decode` (the Ray Data stage), `errors` (why a video failed)."""

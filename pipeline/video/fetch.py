@@ -1,0 +1,97 @@
+"""Fetch a video's bytes from any fsspec store to a local file (a shard member by one ranged read)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+from pipeline.io.retry import DEFAULT_POLICY, RetryPolicy, StorageUnavailable, retry_call
+from pipeline.io.storage import get_fs
+from pipeline.video.errors import AccessDenied, Deadline, EmptyVideo, ObjectMissing, VideoTooLarge
+
+
+def _fetch_error(exc: BaseException, uri: str) -> BaseException:
+    if isinstance(exc, FileNotFoundError):
+        return ObjectMissing(f"object not found when read (deleted or replaced after listing?): {uri}")
+    if isinstance(exc, PermissionError):
+        return AccessDenied(f"access denied reading {uri}: the credentials may not read this object")
+    return exc
+
+
+def _copy_range(fs: Any, path: str, dest: str, offset: int, length: int, chunk: int = 8 * 1024**2) -> int:
+    """Copy `length` bytes (-1: to the end) of `path` from `offset` into the local file `dest`."""
+    copied = 0
+    with fs.open(path, "rb") as src, open(dest, "wb") as out:
+        src.seek(offset)
+        while length < 0 or copied < length:
+            data = src.read(chunk if length < 0 else min(chunk, length - copied))
+            if not data:
+                break
+            out.write(data)
+            copied += len(data)
+    return copied
+
+
+@contextlib.contextmanager
+def local_copy(
+    uri: str,
+    *,
+    endpoint_url: str | None,
+    max_bytes: int,
+    policy: RetryPolicy = DEFAULT_POLICY,
+    deadline: Deadline | None = None,
+    byte_offset: int = 0,
+    byte_length: int = -1,
+) -> Iterator[str]:
+    """Yield a local path holding the object's bytes (downloaded if remote, removed afterwards).
+
+    With `byte_offset`/`byte_length` (a video inside a tar shard) only that range is fetched, with one
+    ranged read, into a local file.
+    """
+    deadline = deadline or Deadline(float("inf"))
+    fs, path = get_fs(uri, endpoint_url)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    ranged = byte_offset > 0 or byte_length >= 0
+    if ranged and byte_length >= 0:
+        size = byte_length
+    else:
+        try:
+            size = int(retry_call(lambda: fs.size(path), f"size of {uri}", policy, deadline=deadline.at) or 0)
+        except (FileNotFoundError, PermissionError) as exc:
+            raise _fetch_error(exc, uri) from None
+        size = max(0, size - byte_offset)
+    if size > max_bytes:
+        raise VideoTooLarge(f"video is {size} bytes, over max_video_bytes={max_bytes}")
+    if size == 0:
+        raise EmptyVideo("video file is empty (0 bytes)")
+    if protocol in ("file", "local") and not ranged:
+        try:
+            with open(path, "rb") as fh:  # readable by us? (a 000 file, another user's file)
+                fh.read(1)
+        except (FileNotFoundError, PermissionError) as exc:
+            raise _fetch_error(exc, uri) from None
+        yield path
+        return
+    tmpdir = tempfile.mkdtemp(prefix="molmo-batch-")
+    try:
+        local = os.path.join(tmpdir, os.path.basename(path) or "video")
+        try:
+            if ranged:
+                retry_call(
+                    lambda: _copy_range(fs, path, local, byte_offset, byte_length), f"read {uri}", policy, deadline=deadline.at
+                )
+            else:
+                retry_call(lambda: fs.get_file(path, local), f"download {uri}", policy, deadline=deadline.at)
+        except (FileNotFoundError, PermissionError) as exc:
+            raise _fetch_error(exc, uri) from None
+        except StorageUnavailable:
+            deadline.check("downloading")
+            raise
+        deadline.check("downloading")
+        yield local
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
