@@ -258,6 +258,18 @@ class OutputConfig(ConfigSection):
             "their earlier rows stay as history and the newest `videos` row per video_id is its current state."
         ),
     )
+    lease_ttl_s: float = Field(
+        300.0, gt=0,
+        description=(
+            "Other writers on this output presume this run dead this long after its last lease heartbeat "
+            "(every ttl/6); they then delete its uncommitted files and redo its videos. Keep it well above "
+            "clock skew and store outages you want to ride out."
+        ),
+    )
+    commit_lock_ttl_s: float = Field(
+        120.0, gt=0,
+        description="The longest one commit (one part's files) may hold the output's commit lock.",
+    )
 
 
 class RayConfig(ConfigSection):

@@ -20,12 +20,14 @@ from pipeline.config import ConfigError, RunConfig
 from pipeline.errors import PipelineError
 from pipeline.io.retry import retry_call
 from pipeline.io.secrets import install_log_redaction, redact
+from pipeline.io.storage import get_fs
 from pipeline.ledger import AttemptLedger
 from pipeline.model.store import check_model_reachable
 from pipeline.observe.metrics import generate_seconds, stage_times
 from pipeline.observe.progress import RunProgress
 from pipeline.results.collect import VideoCollector, clean_row, video_tables
 from pipeline.results.tasks import Task
+from pipeline.results.work import plan_work, work_keys
 from pipeline.run import settings
 from pipeline.run.graph import build_dataset
 from pipeline.run.record import now_utc, runs_row, write_runs_row
@@ -33,6 +35,9 @@ from pipeline.run.resources import ClusterInfo, unmet_needs
 from pipeline.run.summary import VIDEO_STATUSES, RunSummary, new_run_id, run_date_for
 from pipeline.source.listing import list_videos
 from pipeline.source.refs import SourceError, VideoRef
+from pipeline.tables import layout
+from pipeline.tables.layout import ConditionalWriteUnsupported
+from pipeline.tables.leases import LeaseError, read_leases
 from pipeline.tables.sink import TableSink
 
 log = logging.getLogger("pipeline")
@@ -76,6 +81,8 @@ class RunDriver:
         self.summary = RunSummary(run_id=self.run_id, output=config.output.output)
         self.tasks: list[Task] = []
         self.todo: list[VideoRef] = []
+        self.work_keys: list[str] = []
+        self.frame_size = 0
         self.sink: TableSink | None = None
 
     def run(self) -> RunSummary:
@@ -101,23 +108,69 @@ class RunDriver:
         summary.videos_listed = len(refs)
         summary.input_objects = len({r.source_url or r.uri for r in refs})
 
-        sink = TableSink(config.output.output, run_date=self.run_date, endpoint_url=endpoint, retry=self.storage_retry)
+        self._check_run_id_unused()
+        sink = TableSink(
+            config.output.output, run_date=self.run_date, endpoint_url=endpoint, retry=self.storage_retry,
+            writer_id=self.run_id, purpose="pipeline run", lease_ttl_s=config.output.lease_ttl_s,
+            commit_lock_ttl_s=config.output.commit_lock_ttl_s,
+            on_wait=lambda holder: echo(f"waiting for writer {holder} to finish its commit on this output"),
+        )
+        try:
+            sink.start()
+        except LeaseError as exc:
+            raise ConfigError(redact(exc)) from None
+        except (PermissionError, NotADirectoryError, FileExistsError, IsADirectoryError) as exc:
+            raise ConfigError(
+                f"output {config.output.output}: cannot write there ({type(exc).__name__}: {redact(exc)}); pass a "
+                "writable folder or s3:// prefix to --output"
+            ) from None
+        except ConditionalWriteUnsupported as exc:
+            raise ConfigError(
+                f"output {config.output.output}: the store cannot create a file only if absent ({redact(exc)}), so "
+                "concurrent writers could not be kept apart; use a store with conditional writes (AWS S3, "
+                "SeaweedFS, MinIO) or a local folder"
+            ) from None
         self.sink = sink
+        for info in read_leases(sink.fs, sink.root):
+            if info.live() and info.writer_id != self.run_id:
+                echo(f"note: another writer is active on this output: {info.describe()}; videos it commits "
+                     "first are not written twice")
         removed = sink.recover()
         if removed:
-            echo(f"recovered: removed {removed} uncommitted part file(s) left by an interrupted run")
-        done = sink.done_video_ids()
+            echo(f"recovered: removed {removed} uncommitted part file(s) left by a writer that is gone")
+        # Work identity: a video is done for a task when a committed row holds that task's work key (task,
+        # prompt, model, revision, sampling, windows): a new task or model over an old corpus does only that.
+        self.frame_size = settings.frame_size_of(config)
+        self.work_keys = work_keys(self.tasks, settings.work_settings(config, self.frame_size))
         retry = set(config.output.retry_statuses)
+        keep = [s for s in VIDEO_STATUSES if s not in retry] if retry else None
+        done = sink.done_work(self.work_keys, self.tasks, config.model.model, statuses=keep)
+        missing, summary.videos_skipped = plan_work((r.video_id for r in refs), done, self.work_keys)
         if retry:  # done = has a committed row whose status is not retried; the others are processed again
-            keep = [s for s in VIDEO_STATUSES if s not in retry]
-            committed, done = done, sink.done_video_ids(statuses=keep)
-            summary.videos_retried = sum(1 for r in refs if r.video_id in committed and r.video_id not in done)
+            committed = sink.done_work(self.work_keys, self.tasks, config.model.model)
+            summary.videos_retried = sum(
+                1 for vid, ids in missing.items() if any(self.work_keys[i] in committed.get(vid, ()) for i in ids)
+            )
             if summary.videos_retried:
                 echo(f"retrying {summary.videos_retried} video(s) whose status was {' or '.join(sorted(retry))}")
-        self.todo = [r for r in refs if r.video_id not in done]
-        summary.videos_skipped = len(refs) - len(self.todo)
-        echo(f"run {self.run_id}: {len(refs)} video(s) listed under {config.source.input}, {len(self.todo)} to process")
+        self.todo = [dataclasses.replace(r, task_ids=missing[r.video_id]) for r in refs if r.video_id in missing]
+        some = sum(1 for r in self.todo if len(r.task_ids) < len(self.tasks))
+        if some:
+            echo(f"{some} video(s) need only some of the tasks (new tasks or settings since they were done)")
+        pairs = sum(len(r.task_ids) for r in self.todo)
+        echo(f"run {self.run_id}: {len(refs)} video(s) listed under {config.source.input}, {len(self.todo)} to process "
+             f"({pairs} video x task pair(s))")
         return bool(self.todo)
+
+    def _check_run_id_unused(self) -> None:
+        """A run id names one run's history: a second run with the same id would overwrite its record."""
+        fs, root = get_fs(self.config.output.output, self.config.source.s3_endpoint_url)
+        record = layout.run_record_path(root.rstrip("/"), self.run_date, self.run_id)
+        if retry_call(lambda: fs.exists(record), "check the runs record", self.storage_retry):
+            raise ConfigError(
+                f"--run-id {self.run_id} was already used on this output (its record is {record}); give this run "
+                "a new id, or leave --run-id out to get a fresh one"
+            )
 
     def _list(self) -> list[VideoRef]:
         config = self.config
@@ -144,10 +197,10 @@ class RunDriver:
         config, echo, summary, tasks = self.config, self.echo, self.summary, self.tasks
         assert self.sink is not None, "prepare() first"
         sink = self.sink
-        frame_size = settings.frame_size_of(config)
+        frame_size = self.frame_size
         decode_settings = settings.decode_settings(config, frame_size)
         host_settings = settings.host_settings(config, tasks)
-        ctx = settings.row_context(config, self.run_id)
+        ctx = settings.row_context(config, self.run_id, {t.name: k for t, k in zip(tasks, self.work_keys, strict=True)})
 
         _init_ray(config)
         import ray
@@ -196,7 +249,8 @@ class RunDriver:
                 finished_ids.add(vid)
                 taken.pop(vid, None)
                 t_collect = time.perf_counter()
-                tables = video_tables(finished, tasks, ctx)
+                ids = finished[0].get("task_ids") or []
+                tables = video_tables(finished, [tasks[i] for i in ids] if ids else tasks, ctx)
                 video = tables["videos"][0]
                 self._count(video, finished, tables, call_latencies)
                 sink.add_video(video["video_id"], tables)
@@ -219,10 +273,14 @@ class RunDriver:
         if stream_error is not None:
             summary.elapsed_s = time.monotonic() - self.started
             self._record(error=f"{type(stream_error).__name__}: {stream_error}")
+            sink.close()
+            committed = sink.videos_committed
+            remaining = len(self.todo) - committed
             raise PipelineError(
                 redact(f"run stopped: {type(stream_error).__name__}: {stream_error}")[:4000]
                 + "".join(f"\n{need}" for need in unmet_needs(plan))  # e.g. the only decode node died
-                + f"\n{len(finished_ids)} video(s) were committed; rerun the same command to finish the others"
+                + f"\n{committed} video(s) of {len(self.todo)} were committed"
+                + (f"; rerun the same command to process the other {remaining}" if remaining > 0 else "")
             ) from None
         if duplicates:
             log.info("dropped %d duplicate row(s) re-emitted by retried tasks", duplicates)
@@ -266,9 +324,11 @@ class RunDriver:
     # -- finish ------------------------------------------------------------------------------------
 
     def finish(self) -> RunSummary:
-        """Total the rows written, time the run, write its `runs` record."""
+        """Total the rows written, time the run, write its `runs` record, give the output lease back."""
         if self.sink is not None:
             self.summary.rows_written = dict(self.sink.rows_written)
+            self.summary.videos_committed_elsewhere = self.sink.committed_elsewhere
+            self.sink.close()
         self.summary.elapsed_s = time.monotonic() - self.started
         self._record()
         return self.summary

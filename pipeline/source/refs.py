@@ -30,6 +30,7 @@ class VideoRef:
     byte_length: int = -1  # how many bytes to read (-1: the whole object)
     source_metadata: str = ""  # JSON: a shard's sidecar, a manifest row's other columns
     source_error: str = ""  # the source already knows this video cannot be read (an error row)
+    task_ids: tuple[int, ...] = ()  # the run's tasks still to do for this video (empty: all of them)
 
     def as_row(self) -> dict[str, Any]:
         return asdict(self)
