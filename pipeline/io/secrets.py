@@ -116,27 +116,24 @@ def public_uri(uri: str) -> str:
     scheme, sep, rest = text.partition("://")
     if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*", scheme):
         return text
-    authority, slash, tail = rest.partition("/")
+    rest, fragment_sep, fragment = rest.partition("#")  # a fragment may hold `?` (a shard member's name)
+    before_query, query_sep, query = rest.partition("?")
+    authority, slash, path = before_query.partition("/")
     if "@" in authority:
         authority = MASK + "@" + authority.rsplit("@", 1)[1]
-    tail = slash + tail
-    if scheme.lower() == "file" or "?" not in (authority + tail):
-        return f"{scheme}://{authority}{tail}"
-    if "?" in authority:  # `https://host?query` with no path
-        authority, _, query = authority.partition("?")
-        path, fragment_sep, fragment = query.partition("#")
-        query, path = path, ""
-    else:
-        path, _, after = tail.partition("?")
-        query, fragment_sep, fragment = after.partition("#")
-    pieces = [p for p in query.split("&") if p]
-    names = [_param_name(p) for p in pieces]
-    signed = any(_is_signature_param(n) for n in names)
-    kept = [p for p, n in zip(pieces, names, strict=True)
-            if not _is_signature_param(n) and not (signed and n in _SIGNED_WITH)]
-    out = f"{scheme}://{authority}{path}"
-    if kept:
-        out += "?" + "&".join(kept)
+    out = f"{scheme}://{authority}{slash}{path}"
+    if query_sep and scheme.lower() == "file":
+        out += "?" + query
+    elif query_sep:
+        pieces = [p for p in query.split("&") if p]
+        names = [_param_name(p) for p in pieces]
+        signed = any(_is_signature_param(n) for n in names)
+        kept = [p for p, n in zip(pieces, names, strict=True)
+                if not _is_signature_param(n) and not (signed and n in _SIGNED_WITH)]
+        if len(kept) == len(pieces):  # nothing signed: the query exactly as given (ids stay what they were)
+            out += "?" + query
+        elif kept:
+            out += "?" + "&".join(kept)
     if fragment_sep:
         out += "#" + fragment
     return out

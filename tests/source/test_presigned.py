@@ -66,7 +66,7 @@ def _secrets(seaweed: SeaweedServer, urls: list[str]) -> list[str]:
 
 
 def test_manifest_refs_keep_the_signed_url_only_for_reading(
-    seaweed: SeaweedServer, signed: tuple[str, dict[str, Signer]], tmp_path: Path
+    seaweed: SeaweedServer, signed: tuple[str, dict[str, Signer]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bucket, sign = signed
     fs = seaweed.filesystem()
@@ -93,6 +93,19 @@ def test_manifest_refs_keep_the_signed_url_only_for_reading(
         for secret in [*secrets, *SIGNATURE_MARKS]:
             assert secret not in shown, (secret, shown)
     assert json.loads(refs[0].source_metadata)["thumbnail"] == f"{seaweed.endpoint}/{bucket}/thumbs/a.jpg"
+
+    # `plan` reads the headers through the signed URLs and shows neither signature nor key.
+    from pipeline.cli import main
+
+    assert main(["plan", "--input", str(manifest), "--frame-size", "112", "--format", "json"]) == 0
+    shown_plan = capsys.readouterr().out
+    unreadable = json.loads(shown_plan)["errors"]
+    assert [e["uri"] for e in unreadable] == [r.uri for r in refs]  # 300 bytes of "a" are no video
+    # Read through the signatures: the bytes arrived (and are no video); only the missing object is missing.
+    assert [e["error"].split(":", 1)[0] for e in unreadable] == ["InvalidDataError", "InvalidDataError",
+                                                                  "FileNotFoundError"], unreadable
+    for secret in [*secrets, *SIGNATURE_MARKS]:
+        assert secret not in shown_plan, secret
 
     # The same objects signed again (other expiry: other signature) keep their ids.
     again = [sign["v4"]("clips/a.mp4", 900), sign["v4"]("clips/b.mp4", 900), sign["v2"]("clips/gone.mp4", 900)]
