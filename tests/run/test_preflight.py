@@ -193,15 +193,18 @@ def test_s3_output_is_probed_with_a_real_write(
 
     base = ["run", "--input", str(videos), "--model", str(model_dir), "--s3-endpoint-url", aws_env,
             "--output", f"s3://{bucket}/tables"]
-    for key_id, secret in ((seaweed.access_key, "wrong-secret-wrong-secret-wrong-secret00"),
-                           ("AKIAWRONGWRONGWRONG1", "wrong-secret-wrong-secret-wrong-secret01")):
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-        s3fs.S3FileSystem.clear_instance_cache()  # a new process would read the keys afresh
-        assert main(base) == 2
-        err = capsys.readouterr().err
-        assert err.startswith(f"configuration error: --output s3://{bucket}/tables is not writable (PermissionError")
-        assert len(err.strip().splitlines()) == 1 and "wrong-secret" not in err and "AKIAWRONG" not in err, err
+    try:
+        for key_id, secret in ((seaweed.access_key, "wrong-secret-wrong-secret-wrong-secret00"),
+                               ("AKIAWRONGWRONGWRONG1", "wrong-secret-wrong-secret-wrong-secret01")):
+            monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+            monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+            s3fs.S3FileSystem.clear_instance_cache()  # a new process would read the keys afresh
+            assert main(base) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"configuration error: --output s3://{bucket}/tables is not writable (PermissionError")
+            assert len(err.strip().splitlines()) == 1 and "wrong-secret" not in err and "AKIAWRONG" not in err, err
+    finally:  # no filesystem holding the wrong keys outlives this test (fsspec caches instances)
+        s3fs.S3FileSystem.clear_instance_cache()
     assert fs.find(bucket) == []
 
 

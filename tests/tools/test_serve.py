@@ -150,11 +150,14 @@ def test_client_error_messages_name_no_server_path() -> None:
 def test_s3_uris_that_name_no_object_are_4xx(seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatch,
                                             tmp_path: Path) -> None:
     """A prefix ("a folder") and a missing key are the client's mistakes: 422 with the URI, never a 500."""
+    import s3fs
+
     from pipeline.tools.serve.fetch import fetch_s3
 
     for name, value in (("AWS_ACCESS_KEY_ID", seaweed.access_key), ("AWS_SECRET_ACCESS_KEY", seaweed.secret_key),
                         ("AWS_DEFAULT_REGION", "us-east-1")):
         monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()  # filesystems made earlier may hold other keys
     bucket = seaweed.make_bucket()
     seaweed.filesystem().pipe_file(f"{bucket}/videos/a.mp4", b"a" * 10)
     config = build_config({"model": {"model": "m"}, "source": {"s3_endpoint_url": seaweed.endpoint}})
