@@ -27,6 +27,7 @@ from pipeline.config import (
     config_from_flags,
     load_yaml,
 )
+from pipeline.io.secrets import redact
 from pipeline.model.molmo2 import FRAME_SIZE
 
 
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             config = config_from_args(args)
-            if args.print_config:
+            if args.print_config:  # credentials in URLs and secret-named values are masked (public_dict)
                 import yaml
 
                 print(yaml.safe_dump(config.public_dict(), sort_keys=False))
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             except PipelineError as exc:  # the run broke (a node, the store): what finished is committed
                 print(f"error: {exc}", file=sys.stderr)
                 return EXIT_FAILED
-            print(summary.render())
+            print(redact(summary.render()))
             return summary.exit_code
         if args.command == "build-tiny-model":
             from pipeline.devtools.tiny_model import build_tiny_molmo2
@@ -307,11 +308,16 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(Path(args.workdir), args.tasks)
         if args.command in TOOL_COMMANDS:
             return _run_tool_command(args)
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # one line that says what to fix, nothing started
+        print(config_error_line(exc), file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def config_error_line(exc: ConfigError) -> str:
+    """The one line a bad configuration prints (credentials masked), for `run`, the tools and the jobs."""
+    return "configuration error: " + " ".join(redact(exc).split())
 
 
 def run_demo(workdir: Path, tasks: str) -> int:

@@ -22,7 +22,6 @@ from pipeline.io.retry import retry_call
 from pipeline.io.secrets import install_log_redaction, redact
 from pipeline.io.storage import get_fs
 from pipeline.ledger import AttemptLedger
-from pipeline.model.store import check_model_reachable
 from pipeline.observe.metrics import generate_seconds, stage_times
 from pipeline.observe.progress import RunProgress
 from pipeline.results.collect import VideoCollector, clean_row, video_tables
@@ -30,6 +29,7 @@ from pipeline.results.tasks import Task
 from pipeline.results.work import plan_work, work_keys
 from pipeline.run import settings
 from pipeline.run.graph import build_dataset
+from pipeline.run.preflight import no_videos_message, preflight
 from pipeline.run.record import now_utc, runs_row, write_runs_row
 from pipeline.run.resources import ClusterInfo, unmet_needs
 from pipeline.run.summary import VIDEO_STATUSES, RunSummary, new_run_id, run_date_for
@@ -97,14 +97,12 @@ class RunDriver:
         """Check the config and the model, list the input, skip what is committed. True if work remains."""
         config, echo, summary = self.config, self.echo, self.summary
         install_log_redaction()
-        settings.check_ready(config)
+        preflight(config)  # every configuration check (model, output writable, ...), before Ray starts
         self.tasks = settings.tasks_of(config)
         endpoint = config.source.s3_endpoint_url
-        try:
-            check_model_reachable(config.model.model, endpoint)
-        except ConfigError as exc:
-            raise ConfigError(redact(exc)) from None
         refs = self._list()
+        if not refs:
+            echo(no_videos_message(config))
         summary.videos_listed = len(refs)
         summary.input_objects = len({r.source_url or r.uri for r in refs})
 
