@@ -12,6 +12,7 @@ so `pipeline query` over a retail output shows these tables as views (committed 
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pyarrow as pa
@@ -276,13 +277,16 @@ def _busiest_zones(t: Tables, p: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return sql, {k: p[k] for k in ("store", "camera", "query", "day")}
 
 
-# Dwell histogram buckets (seconds): the edges the `dwell_distribution` query and the job's chart use.
+# Dwell histogram buckets (seconds): the lower edges of the `dwell_distribution` query's `histogram`
+# ([0, 10), [10, 30), ..., [1800, inf)) and of the job's chart.
 DWELL_BUCKETS_S = (0, 10, 30, 60, 120, 300, 600, 1800)
 
 
 def _dwell_distribution(t: Tables, p: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     _need(t, "dwell_distribution", "retail_zone_visits")
-    edges = ", ".join(str(e) for e in DWELL_BUCKETS_S)
+    bounds = [*DWELL_BUCKETS_S, None]
+    buckets = ", ".join(f"count(*) FILTER (WHERE dwell_s >= {lo}" + (f" AND dwell_s < {hi})" if hi is not None else ")")
+                        for lo, hi in itertools.pairwise(bounds))
     sql = f"""
         WITH visits AS (
             SELECT * FROM retail_zone_visits
@@ -295,7 +299,7 @@ def _dwell_distribution(t: Tables, p: dict[str, Any]) -> tuple[str, dict[str, An
                round(min(dwell_s), 1) AS min_s, round(quantile_cont(dwell_s, 0.5), 1) AS p50_s,
                round(quantile_cont(dwell_s, 0.9), 1) AS p90_s, round(quantile_cont(dwell_s, 0.95), 1) AS p95_s,
                round(max(dwell_s), 1) AS max_s, round(avg(dwell_s), 1) AS mean_s,
-               list_transform([{edges}], e -> count(*) FILTER (WHERE dwell_s >= e)) AS at_least_s
+               [{buckets}] AS histogram
         FROM visits GROUP BY store, camera, zone ORDER BY store, camera, zone
     """
     return sql, {k: p[k] for k in ("store", "camera", "query", "zone", "day", "include_cut")}
@@ -330,8 +334,8 @@ BUSIEST_ZONES = NamedQuery(
 
 DWELL_DISTRIBUTION = NamedQuery(
     "dwell_distribution",
-    "Dwell per zone from every visit: exact percentiles and visits lasting at least 0, 10, 30 s, ... "
-    "(complete visits only unless include_cut=true).",
+    "Dwell per zone from every visit: exact percentiles and a histogram (visits lasting 0-10 s, 10-30 s, 30-60 s, "
+    "1-2, 2-5, 5-10, 10-30 min, 30 min or more; complete visits only unless include_cut=true).",
     (_STORE, _CAMERA, _QUERY, Param("zone", "only this zone"), _DAY,
      Param("include_cut", "also visits cut at a clip's start or end (true/false)", type=_flag, default=False)),
     _dwell_distribution,

@@ -29,6 +29,7 @@ from pipeline import faults, ledger
 from pipeline.io.secrets import redact
 from pipeline.model.engine import PASSTHROUGH, Answer, HostSettings, Molmo2Engine, WindowInput
 from pipeline.observe.metrics import record_generation
+from pipeline.results.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,9 @@ class Molmo2Host:
     def __init__(self, settings: HostSettings) -> None:
         self.settings = settings
         self.engine = Molmo2Engine(settings)
+        # The tasks asked of a row of each sampling group (a decoded row's `task_group`); one group: all.
+        groups = settings.task_groups or (tuple(range(len(settings.tasks))),)
+        self.group_tasks = [tuple(settings.tasks[i] for i in g) for g in groups]
 
 
     def _crash_hooks(self, uris: Sequence[str]) -> None:
@@ -63,59 +67,33 @@ class Molmo2Host:
         if needle and any(needle in u for u in uris):
             os._exit(1)
 
-    def _answer(self, windows: list[WindowInput], uris: list[str]) -> list[list[Answer]]:
+    def _answer(self, windows: list[WindowInput], uris: list[str], tasks: Sequence[Task]) -> list[list[Answer]]:
         faults.event("infer-call", self.settings.test_hooks)
         self._crash_hooks(uris)
         try:
             t0 = time.perf_counter()  # for the Ray metrics (observe.metrics)
-            per_window = self.engine.answer_windows(windows, self.settings.tasks)
+            per_window = self.engine.answer_windows(windows, tasks)
             record_generation(per_window, time.perf_counter() - t0)  # Ray metrics (pipeline.observe.progress)
             return per_window
         except Exception as exc:  # a model-side failure fails these windows, not the job
             msg = redact(f"{type(exc).__name__}: {exc}")[:2000]
-            return [[Answer("", 0, 0, False, 0.0, type(exc).__name__, msg) for _ in self.settings.tasks] for _ in windows]
+            return [[Answer("", 0, 0, False, 0.0, type(exc).__name__, msg) for _ in tasks] for _ in windows]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         n = len(batch["video_id"])
+        group_of = [int(batch["task_group"][i]) if "task_group" in batch else 0 for i in range(n)]
         out: dict[str, list[Any]] = {k: [] for k in (*PASSTHROUGH, *RESULT_COLUMNS)}
-        todo = [i for i in range(n) if batch["decode_status"][i] != "failed" and len(batch["frames"][i]) > 0]
+        ready = [i for i in range(n) if batch["decode_status"][i] != "failed" and len(batch["frames"][i]) > 0]
         answers: dict[int, list[Answer]] = {}
-        if todo:
-            windows = [
-                WindowInput(
-                    frames=np.asarray(batch["frames"][i], dtype=np.uint8),
-                    frame_times=np.asarray(batch["frame_times"][i], dtype=np.float64),
-                    t_start=float(batch["t_start"][i]),
-                    fps=float(batch["fps"][i]),
-                )
-                for i in todo
-            ]
-            uris = [str(batch["uri"][i]) for i in todo]
-            keys = [f"{batch['video_id'][i]}#{int(batch['window_index'][i])}" for i in todo]
-            batch_key = "batch:" + hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()
-            if ledger.begin(self.settings.ledger, batch_key) <= 1:
-                answers = dict(zip(todo, self._answer(windows, uris), strict=True))
-            else:
-                # This batch killed an actor before: isolate the culprit, one window at a time.
-                for i, window, uri, key in zip(todo, windows, uris, keys, strict=True):
-                    crashes = ledger.begin(self.settings.ledger, "window:" + key) - 1  # crashes while this window ran alone
-                    if crashes >= self.settings.crash_retries:
-                        msg = (
-                            f"the model process died on this window's batch and then {crashes} more time(s) "
-                            f"on the window alone (a crash, OOM kill or native fault); not retried past "
-                            f"model_crash_retries={self.settings.crash_retries}"
-                        )
-                        answers[i] = [Answer("", 0, 0, False, 0.0, "WorkerCrashed", msg) for _ in self.settings.tasks]
-                    else:
-                        answers[i] = self._answer([window], [uri])[0]
-                    ledger.done(self.settings.ledger, "window:" + key)
-            ledger.done(self.settings.ledger, batch_key)
+        # Rows of one sampling group are asked the same tasks: each group is answered on its own.
+        for group in sorted({group_of[i] for i in ready}):
+            answers.update(self._answer_group([i for i in ready if group_of[i] == group], batch, self.group_tasks[group]))
         for i in range(n):
             base = {k: _plain(batch[k][i]) for k in PASSTHROUGH}
             if i not in answers:  # failed decode: pass its error through once
                 _append(out, base, {**dict.fromkeys(RESULT_COLUMNS), "frames_used": 0})
                 continue
-            for task, ans in zip(self.settings.tasks, answers[i], strict=True):
+            for task, ans in zip(self.group_tasks[group_of[i]], answers[i], strict=True):
                 _append(
                     out,
                     base,
@@ -134,6 +112,43 @@ class Molmo2Host:
                     },
                 )
         return out
+
+    def _answer_group(self, todo: list[int], batch: dict[str, np.ndarray], tasks: Sequence[Task]) -> dict[int, list[Answer]]:
+        """Answers of `tasks` for the rows `todo` of the batch (one sampling group), crash-isolated."""
+        answers: dict[int, list[Answer]] = {}
+        if todo:
+            windows = [
+                WindowInput(
+                    frames=np.asarray(batch["frames"][i], dtype=np.uint8),
+                    frame_times=np.asarray(batch["frame_times"][i], dtype=np.float64),
+                    t_start=float(batch["t_start"][i]),
+                    fps=float(batch["fps"][i]),
+                )
+                for i in todo
+            ]
+            uris = [str(batch["uri"][i]) for i in todo]
+            group_index = int(batch["task_group"][todo[0]]) if "task_group" in batch else 0
+            group = f"@{group_index}" if group_index else ""  # a window has one row per sampling group
+            keys = [f"{batch['video_id'][i]}#{int(batch['window_index'][i])}{group}" for i in todo]
+            batch_key = "batch:" + hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()
+            if ledger.begin(self.settings.ledger, batch_key) <= 1:
+                answers = dict(zip(todo, self._answer(windows, uris, tasks), strict=True))
+            else:
+                # This batch killed an actor before: isolate the culprit, one window at a time.
+                for i, window, uri, key in zip(todo, windows, uris, keys, strict=True):
+                    crashes = ledger.begin(self.settings.ledger, "window:" + key) - 1  # crashes while this window ran alone
+                    if crashes >= self.settings.crash_retries:
+                        msg = (
+                            f"the model process died on this window's batch and then {crashes} more time(s) "
+                            f"on the window alone (a crash, OOM kill or native fault); not retried past "
+                            f"model_crash_retries={self.settings.crash_retries}"
+                        )
+                        answers[i] = [Answer("", 0, 0, False, 0.0, "WorkerCrashed", msg) for _ in tasks]
+                    else:
+                        answers[i] = self._answer([window], [uri], tasks)[0]
+                    ledger.done(self.settings.ledger, "window:" + key)
+            ledger.done(self.settings.ledger, batch_key)
+        return answers
 
 
 RESULT_COLUMNS = (

@@ -3,6 +3,7 @@ occupancy, the hourly rollup and its exact merge, and the camera geometry's chec
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -284,7 +285,7 @@ def test_property_in_minus_out_is_the_net_change_of_side(steps: list[tuple[float
     side = [1 if y < 0.5 else -1 for _, _, y in path]  # the door's in side is the top
     net = sum(1 if c.direction == "in" else -1 for c in found)
     assert net == (side[-1] - side[0]) // 2
-    for a, b in zip(found, found[1:], strict=False):
+    for a, b in itertools.pairwise(found):
         assert a.direction != b.direction and b.t - a.t >= hysteresis  # never two ins in a row, no flicker
 
 
