@@ -20,6 +20,7 @@ import bisect
 import colorsys
 import itertools
 import json
+import math
 import re
 import sys
 from collections import defaultdict
@@ -50,9 +51,9 @@ def _font(size: int) -> Any:
 
 
 def _nice_top(value: float) -> float:
-    """A round axis maximum at or above `value`."""
-    if value <= 0:
-        return 1.0
+    """A round axis maximum at or above `value` (a multiple of 4 for small counts: whole-number ticks)."""
+    if value <= 20:
+        return float(max(4, math.ceil(value / 4) * 4))
     step = 10 ** len(str(int(value))) / 10
     for m in (1, 2, 2.5, 5, 10):
         if m * step >= value:
@@ -170,13 +171,13 @@ def write_charts(output: str, out_dir: str | Path, *, store: str | None = None, 
     con.register("retail_zone_visits", read_table(output, "retail_zone_visits", endpoint_url=endpoint_url,
                                                   commit_table=RETAIL_COMMIT_TABLE))
     params = {"store": store, "day": day}
-    lines = con.execute(
+    lines = con.sql(
         f"SELECT * FROM ({TRAFFIC_MERGE_SQL}) WHERE kind = 'line' AND ($store IS NULL OR store = $store) "
-        "AND ($day IS NULL OR CAST(hour AS DATE) = CAST($day AS DATE)) ORDER BY ALL", params).fetch_arrow_table().to_pylist()
-    visits = con.execute(
+        "AND ($day IS NULL OR CAST(hour AS DATE) = CAST($day AS DATE)) ORDER BY ALL", params=params).to_arrow_table().to_pylist()
+    visits = con.sql(
         "SELECT store, camera, zone, dwell_s FROM retail_zone_visits WHERE NOT (cut_at_start OR cut_at_end) "
         "AND ($store IS NULL OR store = $store) AND ($day IS NULL OR CAST(wall_enter AS DATE) = CAST($day AS DATE))",
-        params).fetch_arrow_table().to_pylist()
+        params=params).to_arrow_table().to_pylist()
     stores = sorted({r["store"] for r in lines} | {v["store"] for v in visits})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ hand-made (exact positions of the script); a run with the real model's tracks is
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -262,3 +263,29 @@ def test_named_queries_read_the_merged_rows(tmp_path: Path) -> None:
                                 for lo, hi in zip(edges, [*edges[1:], math.inf], strict=True)]
     with_cut = run_named(tables, "dwell_distribution", {"include_cut": "true"}).to_pylist()[0]
     assert with_cut["visits"] == len(complete) + 1
+
+
+def test_charts_show_the_merged_footfall_and_dwell(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from jobs.retail_charts import OUT_GREY, main, series_color
+
+    out = tmp_path / "tables"
+    write_night(out, "20261102T010000Z-n1", NIGHT1)
+    retail_counting.postprocess(str(out), ClipLayout.create(), run_id="20261102T020000Z-r1", analytics=analytics())
+    write_night(out, "20261103T010000Z-n2", NIGHT2)
+    retail_counting.postprocess(str(out), ClipLayout.create(), run_id="20261103T020000Z-r2", analytics=analytics())
+    charts = tmp_path / "charts"
+    assert main(["--output", str(out), "--out", str(charts)]) == 0
+    footfall = json.loads((charts / "footfall-17.json").read_text())
+    assert footfall["hours"] == ["2026-11-01T13:00:00+00:00", "2026-11-01T14:00:00+00:00"]
+    assert footfall["in"] == {"3/entrance": [4, 2]} and footfall["out"] == [3, 2]
+    image = np.asarray(Image.open(charts / "footfall-17.png").convert("RGB"))
+    colors = {tuple(c) for c in image.reshape(-1, 3)}
+    assert series_color(0) in colors and OUT_GREY in colors  # the in bars and the out bars are drawn
+    dwell = json.loads((charts / "dwell-17.json").read_text())
+    complete = [truth(*v)["visit"][1] - truth(*v)["visit"][0]
+                for night in (NIGHT1, NIGHT2) for shoppers, _ in night.values() for v in shoppers.values() if v[2]]
+    assert sum(dwell["zones"]["3/queue"]) == len(complete)
+    assert dwell["zones"]["3/queue"][1] == sum(1 for d in complete if 10 <= d < 30)
+    assert main(["--output", str(out), "--out", str(tmp_path / "none"), "--store", "99"]) == 1  # nothing to draw
