@@ -50,9 +50,12 @@ class Molmo2Host:
     def __init__(self, settings: HostSettings) -> None:
         self.settings = settings
         self.engine = Molmo2Engine(settings)
-        # The tasks asked of a row of each sampling group (a decoded row's `task_group`); one group: all.
-        groups = settings.task_groups or (tuple(range(len(settings.tasks))),)
-        self.group_tasks = [tuple(settings.tasks[i] for i in g) for g in groups]
+
+    @property
+    def group_tasks(self) -> list[tuple[Task, ...]]:
+        """The tasks asked of the rows of each sampling group (a decoded row's `task_group`); one group: all."""
+        groups = self.settings.task_groups or (tuple(range(len(self.settings.tasks))),)
+        return [tuple(self.settings.tasks[i] for i in g) for g in groups]
 
 
     def _crash_hooks(self, uris: Sequence[str]) -> None:
@@ -85,15 +88,16 @@ class Molmo2Host:
         out: dict[str, list[Any]] = {k: [] for k in (*PASSTHROUGH, *RESULT_COLUMNS)}
         ready = [i for i in range(n) if batch["decode_status"][i] != "failed" and len(batch["frames"][i]) > 0]
         answers: dict[int, list[Answer]] = {}
+        group_tasks = self.group_tasks
         # Rows of one sampling group are asked the same tasks: each group is answered on its own.
         for group in sorted({group_of[i] for i in ready}):
-            answers.update(self._answer_group([i for i in ready if group_of[i] == group], batch, self.group_tasks[group]))
+            answers.update(self._answer_group([i for i in ready if group_of[i] == group], batch, group_tasks[group]))
         for i in range(n):
             base = {k: _plain(batch[k][i]) for k in PASSTHROUGH}
             if i not in answers:  # failed decode: pass its error through once
                 _append(out, base, {**dict.fromkeys(RESULT_COLUMNS), "frames_used": 0})
                 continue
-            for task, ans in zip(self.group_tasks[group_of[i]], answers[i], strict=True):
+            for task, ans in zip(group_tasks[group_of[i]], answers[i], strict=True):
                 _append(
                     out,
                     base,
