@@ -73,7 +73,7 @@ from jobs.retail_analytics import (
 )
 from jobs.retail_geometry import RetailGeometry, load_geometry
 from jobs.retail_tables import RETAIL_COMMIT_TABLE, RETAIL_TABLES
-from pipeline.config import ConfigError, RunConfig
+from pipeline.config import ConfigError, RunConfig, WindowConfig
 from pipeline.run.driver import run_pipeline
 from pipeline.run.settings import check_ready
 from pipeline.run.summary import EXIT_OK, new_run_id, run_date_for
@@ -157,8 +157,9 @@ OPTIONS = (
     ),
 )
 
-# Seconds shared by consecutive windows when tracking and no --overlap-s is given: enough sampled frames
-# in common (4 at 2 fps) for stitching to join a person's tracks across the cut, so no crossing is lost there.
+# Seconds shared by consecutive windows when tracking and no --overlap-s is given (at most a quarter of a
+# window): enough sampled frames in common (4 at 2 fps) for stitching to join a person's tracks across the
+# cut, so no crossing is lost there.
 TRACKING_OVERLAP_S = 2.0
 
 
@@ -203,7 +204,15 @@ def _pipeline_defaults(nested: dict[str, Any], job: dict[str, Any]) -> None:
     tasks["tasks"] = ours + [t for t in given if t not in set(ours)]
     # Without tracking, windows do not overlap, so counts per window add up in the hourly rollup; tracks
     # need an overlap to be stitched across windows (a person crossing at a cut is otherwise lost).
-    nested.setdefault("window", {}).setdefault("overlap_s", TRACKING_OVERLAP_S if job["track_queries"] else 0.0)
+    window = nested.setdefault("window", {})
+    if job["track_queries"]:
+        try:  # short windows (tests, very dense sampling) get a quarter of their length
+            length = float(window.get("window_s") or WindowConfig.model_fields["window_s"].default)
+        except (TypeError, ValueError):
+            length = TRACKING_OVERLAP_S * 4  # not a number: validation says so below
+        window.setdefault("overlap_s", min(TRACKING_OVERLAP_S, length / 4))
+    else:
+        window.setdefault("overlap_s", 0.0)
 
 
 def build(argv: list[str] | None = None) -> tuple[argparse.Namespace, RunConfig, dict[str, Any], ClipLayout]:

@@ -237,6 +237,8 @@ def test_retail_config_yaml_flags_and_defaults(tmp_path: Path, capsys: pytest.Ca
     assert (config.window.window_s, config.window.overlap_s) == (20.0, 0.0)  # no overlap unless asked or tracking
     _, config, job, _ = retail_counting.build(["--input", "/v", "--output", "/o", "--queries", "cart"])
     assert config.tasks.tasks == ["count:cart", "track:person"] and config.window.overlap_s == 2.0
+    _, config, _, _ = retail_counting.build(["--input", "/v", "--output", "/o", "--window-s", "2"])
+    assert config.window.overlap_s == 0.5  # a quarter of a short window
     assert retail_counting.main(["--input", "/v", "--output", "/o", "--layout", "{store}/{clip_start}.mp4"]) == 2
     assert "camera" in capsys.readouterr().err
     # --postprocess-only needs no input and no model.

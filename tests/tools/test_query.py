@@ -200,7 +200,13 @@ def test_query_command_table_list_and_errors(tables_dir: Path, tmp_path: Path, c
 
 
 def test_the_retail_job_registers_through_its_entry_point() -> None:
-    from jobs.retail_tables import BUSIEST_ZONES, DWELL_DISTRIBUTION, FOOTFALL_HOURLY, HOURLY_COUNTS, RETAIL_GROUP
+    from jobs.retail_tables import (
+        BUSIEST_ZONES,
+        DWELL_DISTRIBUTION,
+        FOOTFALL_HOURLY,
+        HOURLY_COUNTS,
+        RETAIL_GROUP,
+    )
 
     registry = registered()
     assert registry.groups == {"retail": RETAIL_GROUP} and registry.queries == {
