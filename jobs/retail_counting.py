@@ -11,8 +11,8 @@ before any model work (bad geometry: exit 2).
 Two steps:
 1. The pipeline, with one `count:<query>` task per query and one `track:<noun>` task per tracked noun
    (`--track-queries`, default person), writes its tables (`videos`, `counts`, `points`, `tracks`,
-   `video_counts`, `errors`) under `--output`. Windows do not overlap unless tracking (then 2 s by
-   default, so tracks are stitched across windows) or `--overlap-s` is given.
+   `video_counts`, `errors`) under `--output`. Windows do not overlap unless tracking (then by 2 s, at
+   most a quarter of a window, so tracks are stitched across windows) or `--overlap-s` is given.
 2. Post-processing reads those committed tables and writes the job's own tables under the same
    `--output` (schemas in `jobs.retail_tables`, same atomic part protocol as the pipeline,
    `retail_videos` as the commit record): `retail_counts`, `retail_points`, `retail_video_counts`
