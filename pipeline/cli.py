@@ -242,6 +242,12 @@ def _add_tool_commands(sub: Any) -> None:
     r.add_argument("--width", type=int, default=320, help="Width of one frame on the sheet, pixels (default: 320).")
     r.add_argument("--columns", type=int, default=4, help="Frames per row of the sheet (default: 4).")
     r.add_argument("--no-gif", action="store_true", help="Write only the PNG contact sheet.")
+    r.add_argument("--geometry", metavar="FILE",
+                   help="Camera geometry (YAML/JSON with `cameras:`, the retail job's format): draw its lines and zones.")
+    r.add_argument("--camera", metavar="STORE/CAMERA",
+                   help="Which camera of --geometry (needed when the file has several).")
+    r.add_argument("--crossings", metavar="TABLE",
+                   help="Draw the video's line crossings from this table (e.g. retail_crossings).")
     r.add_argument("--s3-endpoint-url", help=s3)
 
     p = sub.add_parser(

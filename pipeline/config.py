@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.errors import MolmoBatchError
 from pipeline.io.secrets import redact, redact_data
-from pipeline.results.tasks import DEFAULT_TEMPLATES, build_tasks, parse_task_list
+from pipeline.results.tasks import DEFAULT_TEMPLATES, build_tasks, check_task_keys, parse_task_list
 
 VIDEO_GLOBS = ["*.mp4", "*.mov", "*.mkv", "*.webm", "*.avi", "*.m4v", "*.mpg", "*.mpeg", "*.ts"]
 
@@ -238,6 +238,22 @@ class TasksConfig(ConfigSection):
             "templates must contain '{noun}', which is filled in)."
         ),
     )
+    task_max_fps: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "A task's own sampling rate, KEY=FPS with KEY a task kind (track) or task (track:person); others use "
+            "--max-fps. Molmo2's card recommends up to 8 fps for tracking, 2 for captions. Each rate is its own "
+            "clip of the window (one video per prompt): the frames of the rates are decoded once together."
+        ),
+    )
+    task_num_frames: dict[str, int] = Field(
+        default_factory=dict,
+        description=(
+            "A task's own frame budget per window, KEY=N (keys as --task-max-fps); others use --num-frames. "
+            "A higher rate needs more frames (30 s at 8 fps: 240); the visual tokens are checked against "
+            "Molmo2's context at start."
+        ),
+    )
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -274,6 +290,28 @@ class TasksConfig(ConfigSection):
     @model_validator(mode="after")
     def _prompts(self) -> TasksConfig:
         build_tasks(self.tasks, self.prompt_templates)  # the prompts a run will send (ValueError with a fix)
+        return self
+
+    @field_validator("task_max_fps")
+    @classmethod
+    def _positive_rates(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = sorted(k for k, v in value.items() if not v > 0)
+        if bad:
+            raise ValueError(f"rates must be > 0 frames per second (keys {bad})")
+        return value
+
+    @field_validator("task_num_frames")
+    @classmethod
+    def _positive_frames(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = sorted(k for k, v in value.items() if v < 1)
+        if bad:
+            raise ValueError(f"frame budgets must be >= 1 (keys {bad})")
+        return value
+
+    @model_validator(mode="after")
+    def _keys_name_tasks(self) -> TasksConfig:
+        check_task_keys("task_max_fps", self.task_max_fps, self.tasks)
+        check_task_keys("task_num_frames", self.task_num_frames, self.tasks)
         return self
 
 

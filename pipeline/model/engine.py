@@ -52,6 +52,9 @@ class HostSettings:
 
     model: str
     tasks: tuple[Task, ...]
+    # Indices into `tasks` asked of the rows of each sampling group (a decoded row's `task_group`,
+    # `pipeline.results.tasks.sampling_groups`); empty: one group of every task.
+    task_groups: tuple[tuple[int, ...], ...] = ()
     revision: str | None = None
     device: str = "auto"
     dtype: str = "auto"

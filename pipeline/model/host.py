@@ -51,6 +51,17 @@ class Molmo2Host:
         self.settings = settings
         self.engine = Molmo2Engine(settings)
 
+    @property
+    def group_task_ids(self) -> list[tuple[int, ...]]:
+        """Indexes of the tasks asked of each sampling group's rows (a decoded row's `task_group`); one: all."""
+        return list(self.settings.task_groups or (tuple(range(len(self.settings.tasks))),))
+
+    def _row_tasks(self, group: int, task_ids: Any) -> tuple[Task, ...]:
+        """The tasks of a row: its group's, less those its video has done (`task_ids`: the ones still to do;
+        empty or None: all)."""
+        wanted = None if task_ids is None or len(task_ids) == 0 else {int(i) for i in task_ids}
+        return tuple(self.settings.tasks[i] for i in self.group_task_ids[group] if wanted is None or i in wanted)
+
 
     def _crash_hooks(self, uris: Sequence[str]) -> None:
         """TEST-ONLY (pipeline.faults): kill this process the way a native crash would."""
@@ -76,59 +87,22 @@ class Molmo2Host:
             msg = redact(f"{type(exc).__name__}: {exc}")[:2000]
             return [[Answer("", 0, 0, False, 0.0, type(exc).__name__, msg) for _ in tasks] for _ in windows]
 
-    def _tasks_of(self, task_ids: Any) -> tuple[Task, ...]:
-        """The tasks a window's video still needs (a rerun asks only the missing ones); all when unset."""
-        ids = [] if task_ids is None else [int(i) for i in task_ids]
-        return tuple(self.settings.tasks[i] for i in ids) if ids else self.settings.tasks
-
-    def _answer_grouped(self, todo: list[int], windows: list[WindowInput], uris: list[str],
-                        tasks: dict[int, tuple[Task, ...]]) -> dict[int, list[Answer]]:
-        """Answer each group of windows that share a task list together (one call per group)."""
-        groups: dict[tuple[Task, ...], list[int]] = {}
-        for pos, i in enumerate(todo):
-            groups.setdefault(tasks[i], []).append(pos)
-        out: dict[int, list[Answer]] = {}
-        for group_tasks, members in groups.items():
-            answers = self._answer([windows[p] for p in members], [uris[p] for p in members], group_tasks)
-            out.update({todo[p]: a for p, a in zip(members, answers, strict=True)})
-        return out
-
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         n = len(batch["video_id"])
+        group_of = [int(batch["task_group"][i]) if "task_group" in batch else 0 for i in range(n)]
         out: dict[str, list[Any]] = {k: [] for k in (*PASSTHROUGH, *RESULT_COLUMNS)}
-        todo = [i for i in range(n) if batch["decode_status"][i] != "failed" and len(batch["frames"][i]) > 0]
+        ready = [i for i in range(n) if batch["decode_status"][i] != "failed" and len(batch["frames"][i]) > 0]
         answers: dict[int, list[Answer]] = {}
-        tasks = {i: self._tasks_of(batch["task_ids"][i] if "task_ids" in batch else None) for i in range(n)}
-        if todo:
-            windows = [
-                WindowInput(
-                    frames=np.asarray(batch["frames"][i], dtype=np.uint8),
-                    frame_times=np.asarray(batch["frame_times"][i], dtype=np.float64),
-                    t_start=float(batch["t_start"][i]),
-                    fps=float(batch["fps"][i]),
-                )
-                for i in todo
-            ]
-            uris = [str(batch["uri"][i]) for i in todo]
-            keys = [f"{batch['video_id'][i]}#{int(batch['window_index'][i])}" for i in todo]
-            batch_key = "batch:" + hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()
-            if ledger.begin(self.settings.ledger, batch_key) <= 1:
-                answers = self._answer_grouped(todo, windows, uris, tasks)
-            else:
-                # This batch killed an actor before: isolate the culprit, one window at a time.
-                for i, window, uri, key in zip(todo, windows, uris, keys, strict=True):
-                    crashes = ledger.begin(self.settings.ledger, "window:" + key) - 1  # crashes while this window ran alone
-                    if crashes >= self.settings.crash_retries:
-                        msg = (
-                            f"the model process died on this window's batch and then {crashes} more time(s) "
-                            f"on the window alone (a crash, OOM kill or native fault); not retried past "
-                            f"model_crash_retries={self.settings.crash_retries}"
-                        )
-                        answers[i] = [Answer("", 0, 0, False, 0.0, "WorkerCrashed", msg) for _ in tasks[i]]
-                    else:
-                        answers[i] = self._answer([window], [uri], tasks[i])[0]
-                    ledger.done(self.settings.ledger, "window:" + key)
-            ledger.done(self.settings.ledger, batch_key)
+        # A row is asked its sampling group's tasks that its video still needs (a rerun with a new task asks
+        # only that one); rows asked the same tasks are answered together.
+        tasks = {i: self._row_tasks(group_of[i], batch["task_ids"][i] if "task_ids" in batch else None)
+                 for i in range(n)}
+        for row_tasks in dict.fromkeys(tasks[i] for i in ready):
+            members = [i for i in ready if tasks[i] == row_tasks]
+            if row_tasks:
+                answers.update(self._answer_group(members, batch, row_tasks))
+            else:  # this group's tasks are all done for the video: nothing to ask, nothing to emit
+                answers.update({i: [] for i in members})
         for i in range(n):
             base = {k: _plain(batch[k][i]) for k in PASSTHROUGH}
             if i not in answers:  # failed decode: pass its error through once
@@ -153,6 +127,43 @@ class Molmo2Host:
                     },
                 )
         return out
+
+    def _answer_group(self, todo: list[int], batch: dict[str, np.ndarray], tasks: Sequence[Task]) -> dict[int, list[Answer]]:
+        """Answers of `tasks` for the rows `todo` of the batch (one sampling group), crash-isolated."""
+        answers: dict[int, list[Answer]] = {}
+        if todo:
+            windows = [
+                WindowInput(
+                    frames=np.asarray(batch["frames"][i], dtype=np.uint8),
+                    frame_times=np.asarray(batch["frame_times"][i], dtype=np.float64),
+                    t_start=float(batch["t_start"][i]),
+                    fps=float(batch["fps"][i]),
+                )
+                for i in todo
+            ]
+            uris = [str(batch["uri"][i]) for i in todo]
+            group_index = int(batch["task_group"][todo[0]]) if "task_group" in batch else 0
+            group = f"@{group_index}" if group_index else ""  # a window has one row per sampling group
+            keys = [f"{batch['video_id'][i]}#{int(batch['window_index'][i])}{group}" for i in todo]
+            batch_key = "batch:" + hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()
+            if ledger.begin(self.settings.ledger, batch_key) <= 1:
+                answers = dict(zip(todo, self._answer(windows, uris, tasks), strict=True))
+            else:
+                # This batch killed an actor before: isolate the culprit, one window at a time.
+                for i, window, uri, key in zip(todo, windows, uris, keys, strict=True):
+                    crashes = ledger.begin(self.settings.ledger, "window:" + key) - 1  # crashes while this window ran alone
+                    if crashes >= self.settings.crash_retries:
+                        msg = (
+                            f"the model process died on this window's batch and then {crashes} more time(s) "
+                            f"on the window alone (a crash, OOM kill or native fault); not retried past "
+                            f"model_crash_retries={self.settings.crash_retries}"
+                        )
+                        answers[i] = [Answer("", 0, 0, False, 0.0, "WorkerCrashed", msg) for _ in tasks]
+                    else:
+                        answers[i] = self._answer([window], [uri], tasks)[0]
+                    ledger.done(self.settings.ledger, "window:" + key)
+            ledger.done(self.settings.ledger, batch_key)
+        return answers
 
 
 RESULT_COLUMNS = (

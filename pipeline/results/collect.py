@@ -35,7 +35,8 @@ class RowContext:
     frame_match_tolerance: float | None = None  # default: half the sampling interval (1 / (2 max_fps))
     work_keys: Mapping[str, str] = field(default_factory=dict)  # task name -> its work key this run
 
-    def provenance(self, prompt: str | None, task: str | None = None) -> dict[str, Any]:
+    def provenance(self, prompt: str | None, task: Task | None = None) -> dict[str, Any]:
+        """What a row records about how it was made; a task with its own sampling records that."""
         return {
             "run_id": self.run_id,
             "model_id": self.model_id,
@@ -43,10 +44,14 @@ class RowContext:
             "decoding": "greedy",
             "max_new_tokens": self.max_new_tokens,
             "sampling_mode": self.sampling_mode,
-            "num_frames": self.num_frames,
-            "max_fps": self.max_fps,
-            "work_key": self.work_keys.get(task) if task else None,
+            "num_frames": (task.num_frames if task else None) or self.num_frames,
+            "max_fps": self.rate(task),
+            "work_key": self.work_keys.get(task.name) if task else None,
         }
+
+    def rate(self, task: Task | None) -> float:
+        """The sampling rate of `task`'s frames (its own, else the run's)."""
+        return (task.max_fps if task else None) or self.max_fps
 
 
 def clean_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -127,13 +132,6 @@ def _tokens(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _task_name(row: dict[str, Any]) -> str | None:
-    kind = row.get("task")
-    if not kind:
-        return None
-    return str(kind) if kind == "caption" else f"{kind}:{row.get('query') or ''}"
-
-
 def _window(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "video_id": row["video_id"],
@@ -157,11 +155,11 @@ def _error(row: dict[str, Any], ctx: RowContext, *, stage: str, etype: str, mess
 
 
 def _point_rows(
-    row: dict[str, Any], parsed: ParsedAnswer, ctx: RowContext, task_kind: str
+    row: dict[str, Any], parsed: ParsedAnswer, ctx: RowContext, task_kind: str, task: Task | None = None
 ) -> list[dict[str, Any]]:
     width, height = int(row.get("width") or 0), int(row.get("height") or 0)
     frame_times = [float(t) for t in (row.get("frame_times") or [])]
-    tolerance = ctx.frame_match_tolerance if ctx.frame_match_tolerance is not None else 0.5 / ctx.max_fps
+    tolerance = ctx.frame_match_tolerance if ctx.frame_match_tolerance is not None else 0.5 / ctx.rate(task)
     out = []
     for pt in parsed.points:
         t_abs = float(row["t_start"]) + pt.t
@@ -182,7 +180,7 @@ def _point_rows(
                 "frame_dt": match.distance,
                 "frame_matched": match.matched,
                 "parse_status": parsed.status,
-                **ctx.provenance(row.get("prompt"), _task_name(row)),
+                **ctx.provenance(row.get("prompt"), task),
             }
         )
     return out
@@ -236,6 +234,7 @@ def video_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[Task], ctx: Row
         )
         problems.append(f"{stage}: {error_row.get('error_type')}: {error_row.get('error_message')}")
 
+    task_of: dict[tuple[str, str], Task] = {(t.kind, t.query): t for t in tasks}
     partial_windows = set()
     failed_answers = 0
     grounded: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -260,7 +259,8 @@ def video_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[Task], ctx: Row
             continue
         answer = r.get("answer") or ""
         truncated = bool(r.get("hit_max_new_tokens"))
-        prov = ctx.provenance(r.get("prompt"), _task_name(r))
+        task = task_of.get((str(kind), query))
+        prov = ctx.provenance(r.get("prompt"), task)
         if kind == "caption":
             tables["captions"].append({**_window(r), "caption": answer, "truncated": truncated, **_tokens(r), **prov})
             continue
@@ -278,20 +278,20 @@ def video_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[Task], ctx: Row
             )
             if count is not None:
                 window_counts[("count", query)][w] = count
-            pts = _point_rows(r, parsed, ctx, "count")
+            pts = _point_rows(r, parsed, ctx, "count", task)
             tables["points"].extend(pts)
             grounded[("count", query)].extend(pts)
         elif kind == "point":
-            tables["points"].extend(_point_rows(r, parsed, ctx, "point"))
+            tables["points"].extend(_point_rows(r, parsed, ctx, "point", task))
         elif kind == "ask":
-            pts = _point_rows(r, parsed, ctx, "ask")
+            pts = _point_rows(r, parsed, ctx, "ask", task)
             tables["points"].extend(pts)
             tables["answers"].append(
                 {**_window(r), "question": query, "answer": answer, "num_points": len(pts),
                  "parse_status": parsed.status, "truncated": truncated, **_tokens(r), **prov}
             )
         elif kind == "track":
-            pts = _point_rows(r, parsed, ctx, "track")
+            pts = _point_rows(r, parsed, ctx, "track", task)
             grounded[("track", query)].extend(pts)
             window_counts[("track", query)][w] = len({p["object_index"] for p in pts})
 
@@ -306,14 +306,14 @@ def video_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[Task], ctx: Row
                      "window_index": p["window_index"], "local_id": p["object_index"], "t": p["t"],
                      "x_px": p["x_px"], "y_px": p["y_px"], "x_norm": p["x_norm"], "y_norm": p["y_norm"],
                      "frame_matched": p["frame_matched"], "parse_status": p["parse_status"],
-                     **ctx.provenance(p["prompt"], f"track:{query}")}
+                     **ctx.provenance(p["prompt"], task_of.get((kind, query)))}
                 )
         prompt = next((t.prompt for t in tasks if t.kind == kind and t.query == query), None)
         counts = window_counts.get((kind, query), {})
         tables["video_counts"].append(
             {"video_id": first["video_id"], "query": query, "task": kind, "distinct_objects": distinct,
              "max_window_count": max(counts.values()) if counts else None, "windows": num_windows,
-             **ctx.provenance(prompt, kind if kind == "caption" else f"{kind}:{query}")}
+             **ctx.provenance(prompt, task_of.get((kind, query)))}
         )
     # Counting tasks whose answers had no points still get a per-video row (stitching has nothing to join).
     for t in tasks:
@@ -322,7 +322,7 @@ def video_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[Task], ctx: Row
             tables["video_counts"].append(
                 {"video_id": first["video_id"], "query": t.query, "task": t.kind, "distinct_objects": None,
                  "max_window_count": max(counts.values()) if counts else None, "windows": num_windows,
-                 **ctx.provenance(t.prompt, t.name)}
+                 **ctx.provenance(t.prompt, t)}
             )
 
     expected_answers = num_windows * len(tasks)

@@ -7,11 +7,12 @@ that prompt is written on every output row so a table can always be traced to it
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 TaskKind = Literal["caption", "count", "point", "track", "ask"]
+T = TypeVar("T")
 
 
 TASK_KINDS: tuple[TaskKind, ...] = ("caption", "count", "point", "track", "ask")
@@ -35,6 +36,9 @@ class Task:
     kind: TaskKind
     query: str  # the noun (count/point/track), the question (ask), or "" (caption)
     prompt: str  # the exact text sent to the model after the video
+    # This task's own frame sampling (e.g. tracking at 8 fps while captions stay at 2); None: the run's.
+    max_fps: float | None = None
+    num_frames: int | None = None
 
     @property
     def name(self) -> str:
@@ -70,14 +74,47 @@ def parse_task_list(specs: Iterable[str]) -> list[tuple[TaskKind, str]]:
     return list(seen)
 
 
-def build_tasks(specs: Iterable[str], templates: Mapping[str, str] | None = None) -> list[Task]:
-    """Turn task specs into Tasks with their exact prompts, applying template overrides."""
+def _task_name(kind: str, arg: str) -> str:
+    return kind if kind == "caption" else f"{kind}:{arg}"
+
+
+def per_task(values: Mapping[str, T] | None, kind: str, name: str) -> T | None:
+    """A per-task setting: the value given for the task's name (`track:person`), else for its kind (`track`)."""
+    values = values or {}
+    return values.get(name, values.get(kind))
+
+
+def check_task_keys(option: str, keys: Iterable[str], specs: Iterable[str]) -> None:
+    """Raise ValueError unless every key names a task of `specs` or the kind of one."""
+    parsed = parse_task_list(specs)
+    valid = {k for k, _ in parsed} | {_task_name(k, a) for k, a in parsed}
+    unknown = sorted(set(keys) - valid)
+    if unknown:
+        raise ValueError(f"{option} has key(s) {unknown} that name none of the tasks; use a task kind or task "
+                         f"of --tasks: {', '.join(sorted(valid))}")
+
+
+def build_tasks(
+    specs: Iterable[str],
+    templates: Mapping[str, str] | None = None,
+    *,
+    max_fps: Mapping[str, float] | None = None,
+    num_frames: Mapping[str, int] | None = None,
+) -> list[Task]:
+    """Turn task specs into Tasks with their exact prompts, applying template overrides.
+
+    `max_fps` / `num_frames` give tasks their own frame sampling, keyed by task (`track:person`) or kind
+    (`track`); the task name wins over the kind. Tasks not named keep the run's sampling (None).
+    """
+    specs = list(specs)
     merged = {**DEFAULT_TEMPLATES, **(templates or {})}
     unknown = set(templates or {}) - set(DEFAULT_TEMPLATES)
     if unknown:
         raise ValueError(
             f"prompt_templates has unknown keys {sorted(unknown)}: use caption, count, point, track"
         )
+    check_task_keys("task_max_fps", (max_fps or {}).keys(), specs)
+    check_task_keys("task_num_frames", (num_frames or {}).keys(), specs)
     tasks = []
     for kind, arg in parse_task_list(specs):
         if kind == "ask":
@@ -89,5 +126,22 @@ def build_tasks(specs: Iterable[str], templates: Mapping[str, str] | None = None
             if "{noun}" not in template:
                 raise ValueError(f"prompt template for {kind!r} must contain '{{noun}}': {template!r}")
             prompt = template.replace("{noun}", arg)
-        tasks.append(Task(kind=kind, query=arg, prompt=prompt))
+        name = _task_name(kind, arg)
+        tasks.append(Task(kind=kind, query=arg, prompt=prompt, max_fps=per_task(max_fps, kind, name),
+                          num_frames=per_task(num_frames, kind, name)))
     return tasks
+
+
+def sampling_groups(tasks: Sequence[Task], num_frames: int | None = None,
+                    max_fps: float | None = None) -> list[tuple[tuple[int | None, float | None], tuple[int, ...]]]:
+    """The tasks that share one frame sampling: ((num_frames, max_fps), task indices) per sampling, in
+    order of first appearance; a task's None is the run's `num_frames` / `max_fps`.
+
+    Molmo2 takes one video per prompt: each group is decoded as its own clip of the window (the frames of
+    one sampling) and asked its own tasks; with no per-task sampling there is one group of every task.
+    """
+    groups: dict[tuple[int | None, float | None], list[int]] = {}
+    for i, task in enumerate(tasks):
+        key = (task.num_frames or num_frames, task.max_fps or max_fps)
+        groups.setdefault(key, []).append(i)
+    return [(key, tuple(members)) for key, members in groups.items()]

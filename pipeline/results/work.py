@@ -44,6 +44,11 @@ class WorkSettings:
 def work_key(task: Task, settings: WorkSettings) -> str:
     """16 hex digits naming (task, prompt, model, revision, sampling, windows, frame size, budget)."""
     spec = {"kind": task.kind, "query": task.query, "prompt": task.prompt, **asdict(settings)}
+    # A task with its own sampling (tracking at 8 fps) is asked of other frames than the run's default.
+    if task.max_fps is not None:
+        spec["max_fps"] = task.max_fps
+    if task.num_frames is not None:
+        spec["num_frames"] = task.num_frames
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:KEY_LENGTH]
 
 

@@ -8,14 +8,15 @@ whichever command runs it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from pipeline import faults
-from pipeline.config import RunConfig
+from pipeline.config import ConfigError, RunConfig
 from pipeline.io.retry import RetryPolicy
 from pipeline.model.engine import HostSettings
 from pipeline.model.molmo2 import DEFAULT_GEOMETRY, check_frame_budget, model_frame_size
 from pipeline.results.collect import RowContext
-from pipeline.results.tasks import Task, build_tasks
+from pipeline.results.tasks import Task, build_tasks, sampling_groups
 from pipeline.results.work import WorkSettings
 from pipeline.run.resources import ClusterInfo, ResourcePlan, plan_resources
 from pipeline.video.decode import DecodeSettings
@@ -24,9 +25,23 @@ from pipeline.video.sampling import FrameSampler
 
 def check_ready(config: RunConfig) -> None:
     """Everything checked before a run starts: the config's own checks, then that a window's frames fit
-    Molmo2's context (informative: counted at the released geometry, before the checkpoint is read)."""
+    Molmo2's context (informative: counted at the released geometry, before the checkpoint is read), for
+    every sampling a task asks for; a task's own rate must also fit its frame budget."""
     config.check_ready()
-    check_frame_budget(config.sampling.num_frames, DEFAULT_GEOMETRY)
+    default = sampler_of(config)
+    tasks = tasks_of(config)
+    for sampler, members in task_samplers(config, tasks):
+        check_frame_budget(sampler.num_frames, DEFAULT_GEOMETRY)
+        needed = sampler.frames_for_rate(config.window.window_s)
+        own_rate = any(tasks[i].max_fps is not None for i in members)
+        if own_rate and sampler != default and needed > sampler.num_frames:
+            names = ", ".join(tasks[i].name for i in members)
+            raise ConfigError(
+                f"{names}: {sampler.max_fps:g} fps over a {config.window.window_s:g} s window needs {needed} frames, "
+                f"above its budget of {sampler.num_frames} (--task-num-frames / --num-frames), which would lower "
+                f"the rate: set --task-num-frames {names.split(', ')[0]}={needed} "
+                f"(~{needed * DEFAULT_GEOMETRY.tokens_per_frame:,} visual tokens), shorten --window-s, or lower the rate"
+            )
 
 
 def storage_retry(config: RunConfig) -> RetryPolicy:
@@ -35,8 +50,17 @@ def storage_retry(config: RunConfig) -> RetryPolicy:
 
 
 def tasks_of(config: RunConfig) -> list[Task]:
-    """The questions every window is asked."""
-    return build_tasks(config.tasks.tasks, config.tasks.prompt_templates)
+    """The questions every window is asked (with their own frame sampling, if any)."""
+    return build_tasks(config.tasks.tasks, config.tasks.prompt_templates,
+                       max_fps=config.tasks.task_max_fps, num_frames=config.tasks.task_num_frames)
+
+
+def task_samplers(config: RunConfig, tasks: Sequence[Task]) -> list[tuple[FrameSampler, tuple[int, ...]]]:
+    """One frame sampler per sampling the tasks ask for, with the indices of its tasks (the decode stage's
+    `group_samplers` and the host's `task_groups`, in the same order)."""
+    default = sampler_of(config)
+    return [(replace(default, num_frames=nf or default.num_frames, max_fps=fps or default.max_fps), members)
+            for (nf, fps), members in sampling_groups(tasks, default.num_frames, default.max_fps)]
 
 
 def frame_size_of(config: RunConfig) -> int:
@@ -51,9 +75,11 @@ def sampler_of(config: RunConfig) -> FrameSampler:
 
 def decode_settings(config: RunConfig, frame_size: int) -> DecodeSettings:
     """The decode stage's settings (test hooks captured from this process's environment)."""
+    groups = task_samplers(config, tasks_of(config))
     return DecodeSettings(
         frame_size=frame_size,
         sampler=sampler_of(config),
+        group_samplers=tuple(sampler for sampler, _ in groups) if len(groups) > 1 else (),
         window_s=config.window.window_s,
         overlap_s=config.window.overlap_s,
         decoder=config.decode.decoder,
@@ -69,9 +95,11 @@ def decode_settings(config: RunConfig, frame_size: int) -> DecodeSettings:
 
 def host_settings(config: RunConfig, tasks: Sequence[Task]) -> HostSettings:
     """The model host's settings (test hooks captured from this process's environment)."""
+    groups = task_samplers(config, tasks)
     return HostSettings(
         model=config.model.model,
         tasks=tuple(tasks),
+        task_groups=tuple(members for _, members in groups) if len(groups) > 1 else (),
         revision=config.model.revision,
         device=config.model.device,
         dtype=config.model.dtype,

@@ -8,11 +8,17 @@ source video again at its full display size with rotation applied (`decode_frame
 - points (count / point / ask tasks) as squares in one colour per query, labelled with the object index;
 - the frame's time in the corner.
 
+With a camera geometry file (`--geometry FILE`: the retail job's format, `cameras:` with named lines and
+zones per store and camera, read here as plain data) it also draws every zone (outlined, named) and every
+line (named, with an arrow towards its "in" side); with `--crossings TABLE` (e.g. the retail job's
+`retail_crossings`: rows with `video_id`, `t`, `x_px`, `y_px`, `line`, `direction`) each crossing as a ring
+on the frame nearest its time, green for in, red for out.
+
 It writes a PNG contact sheet, an animated GIF of the same frames, and a JSON file with the layout
 (where each frame and each marker sits on the sheet), which tests and other tools can use.
 
-Frames shown: the distinct times of the video's points/tracks (at most `max_frames`, evenly chosen);
-with no points or tracks, evenly spaced frames over the video.
+Frames shown: the distinct times of the video's points/tracks/crossings (at most `max_frames`, evenly
+chosen); with none, evenly spaced frames over the video.
 """
 
 from __future__ import annotations
@@ -106,9 +112,112 @@ def color_for(index: int) -> tuple[int, int, int]:
     return round(r * 255), round(g * 255), round(b * 255)
 
 
+GEOMETRY_COLOR = (255, 255, 255)  # lines and zone outlines
+CROSSING_COLORS = {"in": (40, 220, 90), "out": (240, 60, 60)}
+
+
+@dataclass(frozen=True)
+class SceneLine:
+    name: str
+    start: tuple[float, float]  # display pixels
+    end: tuple[float, float]
+    in_side: str  # left | right of start -> end, on the picture (y down)
+
+    def in_normal(self) -> tuple[float, float]:
+        """Unit vector from the line towards its in side."""
+        dx, dy = self.end[0] - self.start[0], self.end[1] - self.start[1]
+        length = math.hypot(dx, dy) or 1.0
+        left = (dy / length, -dx / length)  # left of the direction, on a y-down picture
+        return left if self.in_side == "left" else (-left[0], -left[1])
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One camera's lines and zones, in display pixels of the video being drawn."""
+
+    lines: tuple[SceneLine, ...] = ()
+    zones: tuple[tuple[str, tuple[tuple[float, float], ...]], ...] = ()
+
+
+def load_scene(path: str | Path, camera: str | None, width: int, height: int) -> Scene:
+    """The lines and zones of one camera of a geometry file (YAML or JSON with `cameras:`), in display pixels.
+
+    `camera` is `STORE/CAMERA`; it may be left out when the file describes one camera. Coordinates in
+    `units: normalized` (the default) are fractions of the display frame (`width` x `height`).
+    """
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise RenderError(f"geometry file {file} does not exist")
+    try:
+        data = yaml.safe_load(file.read_text())  # JSON is YAML too
+        cameras = list(data.get("cameras") or [])
+    except Exception as exc:
+        raise RenderError(f"geometry file {file}: not a mapping with `cameras:` ({type(exc).__name__}: {exc})") from None
+    keys = [f"{c.get('store')}/{c.get('camera')}" for c in cameras]
+    if camera is None and len(cameras) != 1:
+        raise RenderError(f"geometry file {file} describes {len(cameras)} cameras ({', '.join(keys) or 'none'}): "
+                          "pass --camera STORE/CAMERA")
+    if camera is not None and camera not in keys:
+        raise RenderError(f"no camera {camera!r} in {file}; it has: {', '.join(keys) or 'none'}")
+    entry = cameras[keys.index(camera) if camera is not None else 0]
+    scale = (width, height) if entry.get("units", "normalized") == "normalized" else (1.0, 1.0)
+
+    def px(point: Sequence[float]) -> tuple[float, float]:
+        return (float(point[0]) * scale[0], float(point[1]) * scale[1])
+
+    try:
+        lines = tuple(SceneLine(str(x["name"]), px(x["start"]), px(x["end"]), str(x.get("in_side", "left")))
+                      for x in entry.get("lines") or [])
+        zones = tuple((str(z["name"]), tuple(px(p) for p in z["polygon"])) for z in entry.get("zones") or [])
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        raise RenderError(f"geometry file {file}, camera {keys[cameras.index(entry)]}: {type(exc).__name__}: {exc} "
+                          "(lines need name, start, end; zones name and polygon)") from None
+    return Scene(lines, zones)
+
+
+def draw_scene(img: Any, scene: Scene, scale: float) -> list[dict[str, Any]]:
+    """Zones (outline) and lines (with an arrow to the in side) on a frame scaled by `scale`."""
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(img)
+    font = _font(11)
+    drawn: list[dict[str, Any]] = []
+    for name, polygon in scene.zones:
+        pts = [(x * scale, y * scale) for x, y in polygon]
+        draw.line([*pts, pts[0]], fill=GEOMETRY_COLOR, width=2)
+        _label(draw, (min(p[0] for p in pts) + 3, min(p[1] for p in pts) + 2), name, GEOMETRY_COLOR, font)
+        drawn.append({"kind": "zone", "name": name, "polygon": [list(p) for p in pts]})
+    for line in scene.lines:
+        a = (line.start[0] * scale, line.start[1] * scale)
+        b = (line.end[0] * scale, line.end[1] * scale)
+        draw.line([a, b], fill=GEOMETRY_COLOR, width=3)
+        mid = ((a[0] + b[0]) / 2, (a[1] + b[1]) / 2)
+        nx, ny = line.in_normal()
+        tip = (mid[0] + 14 * nx, mid[1] + 14 * ny)
+        draw.line([mid, tip], fill=GEOMETRY_COLOR, width=2)
+        draw.ellipse((tip[0] - 3, tip[1] - 3, tip[0] + 3, tip[1] + 3), fill=GEOMETRY_COLOR)
+        _label(draw, (tip[0] + 4, tip[1] - 6), f"{line.name} (in)", GEOMETRY_COLOR, font)
+        drawn.append({"kind": "line", "name": line.name, "start": list(a), "end": list(b), "in_tip": list(tip)})
+    return drawn
+
+
+def load_crossings(tables: Any, table: str, video_id: str) -> list[Marker]:
+    """Crossing events of `video_id` from `table` (columns t, x_px, y_px, line, direction, track_id)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table) or table not in tables.names:
+        raise RenderError(f"no table {table!r} under {tables.output} to draw crossings from "
+                          f"(tables: {', '.join(tables.names)}); the retail job writes retail_crossings")
+    rows = tables.sql(f"SELECT t, x_px, y_px, line, direction, track_id FROM {table} WHERE video_id = $v ORDER BY t",
+                      {"v": video_id}).to_pylist()
+    return [Marker("crossing", float(r["t"]), float(r["x_px"]), float(r["y_px"]), f"{r['line']} {r['direction']}",
+                   None if r["track_id"] is None else int(r["track_id"]), CROSSING_COLORS.get(r["direction"], (255, 255, 0)))
+            for r in rows if r["x_px"] is not None]
+
+
 @dataclass
 class Marker:
-    kind: str  # track | point
+    kind: str  # track | point | crossing (query: "<line> <direction>")
     t: float
     x_px: float
     y_px: float
@@ -210,14 +319,17 @@ def draw_frame(
     label: str | None = None,
     trail_s: float = 3.0,
     radius: int = 5,
+    scene: Scene | None = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
-    """The frame scaled by `scale` with the markers at time `frame_t` drawn (and the trails of tracks up
-    to it); also where each marker's centre was drawn on the scaled frame."""
+    """The frame scaled by `scale` with the scene's lines and zones, the markers at time `frame_t` drawn (and
+    the trails of tracks up to it); also where each marker's centre was drawn on the scaled frame."""
     from PIL import Image, ImageDraw
 
     h, w = image.shape[:2]
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     img = Image.fromarray(image).resize(size, Image.Resampling.BILINEAR)
+    if scene is not None:
+        draw_scene(img, scene, scale)  # under the markers
     draw = ImageDraw.Draw(img)
     font = _font(11)
     drawn: list[dict[str, Any]] = []
@@ -238,7 +350,11 @@ def draw_frame(
             continue
         cx, cy = round(m.x_px * scale), round(m.y_px * scale)
         box = (cx - radius, cy - radius, cx + radius, cy + radius)
-        if m.kind == "track":
+        if m.kind == "crossing":
+            ring = (cx - 2 * radius, cy - 2 * radius, cx + 2 * radius, cy + 2 * radius)
+            draw.ellipse(ring, outline=m.color, width=3)
+            _label(draw, (cx + 2 * radius + 2, cy + radius), m.query, m.color, font)
+        elif m.kind == "track":
             draw.ellipse(box, fill=m.color, outline=(0, 0, 0), width=1)
             _label(draw, (cx + radius + 2, cy - radius - 6), f"#{m.ident}", m.color, font)
         else:
@@ -265,14 +381,21 @@ def render_video(
     gif: bool = True,
     endpoint_url: str | None = None,
     max_video_bytes: int = 20 * 1024**3,
+    geometry: str | Path | None = None,
+    camera: str | None = None,
+    crossings: str | None = None,
 ) -> RenderResult:
-    """Render `video`'s points and tracks from the tables under `output` into `out_dir`."""
+    """Render `video`'s points and tracks from the tables under `output` into `out_dir`; with `geometry` (a
+    geometry file) its `camera`'s lines and zones, with `crossings` (a table) its crossing events."""
     from PIL import Image, ImageDraw
-
 
     tables = open_tables(output, endpoint_url=endpoint_url)
     row = find_video(tables, video)
     markers = load_markers(tables, row["video_id"], query)
+    if crossings:
+        markers += load_crossings(tables, crossings, row["video_id"])
+    scene = (load_scene(geometry, camera, int(row.get("width") or 0), int(row.get("height") or 0))
+             if geometry else None)
     times = choose_times(markers, float(row.get("duration_s") or 0.0), max_frames)
     with local_copy(row["uri"], endpoint_url=endpoint_url, max_bytes=max_video_bytes) as path:
         frames = decode_frames_at(path, times)
@@ -284,7 +407,7 @@ def render_video(
     drawn_all: list[dict[str, Any]] = []
     for f in frames:
         # Markers are drawn on the frame chosen for their time (the nearest frame of the video).
-        img, drawn = draw_frame(f.image, f.requested_t, markers, scale=scale, label=f"t={f.frame_t:.2f}s")
+        img, drawn = draw_frame(f.image, f.requested_t, markers, scale=scale, label=f"t={f.frame_t:.2f}s", scene=scene)
         cells.append((f, img, drawn))
     cw, ch = cells[0][1].size
     cols = max(1, min(columns, len(cells)))
@@ -300,7 +423,9 @@ def render_video(
     n_points = sum(1 for m in markers if m.kind == "point")
     draw.text((pad, 3), f"{name}  ({row['video_id']})  {disp_w}x{disp_h}, {float(row.get('duration_s') or 0):.1f}s",
               fill=(255, 255, 255), font=font)
+    n_crossings = sum(1 for m in markers if m.kind == "crossing")
     what = f"{n_tracks} track(s), {n_points} point(s)" + (f" for {query!r}" if query else "")
+    what += f", {n_crossings} crossing(s)" if crossings else ""
     if not markers:
         what = "no points or tracks in the tables for this video" + (f" and query {query!r}" if query else "")
     draw.text((pad, 18), what, fill=(200, 200, 200), font=font)
@@ -338,6 +463,8 @@ def render_video(
         "scale": scale,
         "cells": layout_cells,
         "markers": drawn_all,
+        # Where the scene's lines and zones sit on each cell (cell coordinates: add a cell's x, y).
+        "geometry": draw_scene(Image.new("RGB", (cw, ch)), scene, scale) if scene is not None else [],
     }
     layout_json = out / f"{stem}.json"
     layout_json.write_text(json.dumps(layout, indent=1))
@@ -351,7 +478,8 @@ def command(args: Any) -> int:
     try:
         res = render_video(args.output, args.video, args.out, query=args.query, max_frames=args.max_frames,
                            width=args.width, columns=args.columns, gif=not args.no_gif,
-                           endpoint_url=args.s3_endpoint_url)
+                           endpoint_url=args.s3_endpoint_url, geometry=getattr(args, "geometry", None),
+                           camera=getattr(args, "camera", None), crossings=getattr(args, "crossings", None))
     except (RenderError, QueryError, DecodeError, FileNotFoundError) as exc:
         print(f"render error: {exc}", file=sys.stderr)
         return 2

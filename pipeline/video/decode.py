@@ -59,6 +59,13 @@ class DecodeSettings:
     crash_retries: int = 1  # retries of a video whose decode process died, before it becomes an error row
     ledger: Any = field(default=None, compare=False)  # ledger.AttemptLedger actor (None outside Ray)
     test_hooks: faults.Hooks = ()  # TEST-ONLY fault injection (pipeline.faults)
+    # One sampler per task sampling group (`pipeline.results.tasks.sampling_groups`: e.g. tracking at 8 fps,
+    # captions at 2): each window becomes one row per group, its `task_group`. Empty: `sampler` alone.
+    group_samplers: tuple[FrameSampler, ...] = ()
+
+    @property
+    def samplers(self) -> tuple[FrameSampler, ...]:
+        return self.group_samplers or (self.sampler,)
 
 
 def _task_ids(value: Any) -> list[int]:
@@ -100,6 +107,7 @@ def _error_row(
         "error_stage": stage,
         "error_type": type(exc).__name__,
         "error_message": redact(str(exc) or type(exc).__name__)[:2000],
+        "task_group": 0,
     }
 
 
@@ -134,7 +142,7 @@ def decode_video(ref: dict[str, Any], settings: DecodeSettings) -> Iterator[dict
             for window in windows:
                 deadline.check(f"at window {window.index} of {len(windows)}")
                 try:
-                    row = _decode_window(reader, decoder, window, len(windows), frame_times, probe, ref, settings, deadline)
+                    rows = _decode_window(reader, decoder, window, len(windows), frame_times, probe, ref, settings, deadline)
                 except (DecodeTimeout, DecodeError):
                     raise
                 except Exception:
@@ -143,9 +151,11 @@ def decode_video(ref: dict[str, Any], settings: DecodeSettings) -> Iterator[dict
                     # decord failed on this window (corrupt data, a codec quirk): PyAV takes over for the
                     # rest of the video, skipping what cannot be decoded and saying so.
                     reader, decoder = PyAVReader(path, settings.frame_size, settings.threads, probe), "pyav"
-                    row = _decode_window(reader, decoder, window, len(windows), frame_times, probe, ref, settings, deadline)
+                    rows = _decode_window(reader, decoder, window, len(windows), frame_times, probe, ref, settings, deadline)
                 emitted += 1
-                yield row
+                # A window's rows (one per sampling group) are made before any is yielded: a window is
+                # emitted whole or not at all, as the collector counts it.
+                yield from rows
     except Exception as exc:
         yield _error_row(ref, probe, stage, exc, settings.frame_size, emitted)
 
@@ -160,13 +170,15 @@ def _decode_window(
     ref: dict[str, Any],
     settings: DecodeSettings,
     deadline: Deadline,
-) -> dict[str, Any]:
+) -> list[dict[str, Any]]:
+    """One row per sampling group of the window; the frames of every group are decoded in one pass."""
     is_last = window.index == num_windows - 1
     in_window = frames_in_window(frame_times, window, is_last=is_last)
     if not in_window:
         raise DecodeError(f"window {window.index} [{window.start:.2f}, {window.end:.2f}] s holds no frames")
-    local = settings.sampler.sample(frame_times[in_window].tolist(), probe.fps)
-    indices = [in_window[i] for i in local]
+    window_times = frame_times[in_window].tolist()
+    picks = [sampler.sample(window_times, probe.fps) for sampler in settings.samplers]
+    indices = [in_window[i] for i in sorted(set().union(*picks))]
     wanted = frame_times[indices]
     skipped_before = getattr(reader, "skipped", 0)
     frames, times = reader.read(indices, wanted, deadline)
@@ -182,19 +194,26 @@ def _decode_window(
         etype = "Truncated"
     message = "; ".join(problems) or None
     frames = rotate_frames(frames, probe.rotation)
-    return {
-        **_video_fields(ref, probe, num_windows),
-        "window_index": window.index,
-        "t_start": float(window.start),
-        "t_end": float(window.end),
-        "frames": frames,
-        "frame_times": np.asarray(times, dtype=np.float64),
-        "decoder": decoder,
-        "decode_status": "partial" if message else "ok",
-        "error_stage": "decode" if message else None,
-        "error_type": etype if message else None,
-        "error_message": message,
-    }
+    times = np.asarray(times, dtype=np.float64)
+    rows = []
+    for group, local in enumerate(picks):
+        # The readers return the wanted times themselves for the frames they decoded: select by time.
+        keep = np.isin(times, frame_times[[in_window[i] for i in local]]) if len(picks) > 1 else slice(None)
+        rows.append({
+            **_video_fields(ref, probe, num_windows),
+            "window_index": window.index,
+            "t_start": float(window.start),
+            "t_end": float(window.end),
+            "frames": frames[keep],
+            "frame_times": times[keep],
+            "decoder": decoder,
+            "decode_status": "partial" if message else "ok",
+            "error_stage": "decode" if message else None,
+            "error_type": etype if message else None,
+            "error_message": message,
+            "task_group": group,
+        })
+    return rows
 
 
 def decode_batch(batch: dict[str, np.ndarray], settings: DecodeSettings) -> Iterator[dict[str, Any]]:

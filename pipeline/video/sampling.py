@@ -3,7 +3,9 @@
 Long videos are cut into overlapping windows, each a clip the model answers about on its own; inside a
 window one `FrameSampler` policy picks the frames. Times are always absolute seconds in the video; a
 window's frames are handed to the model with times relative to the window start (that is what the
-model writes back in its points), and `pipeline.results.grounding` adds the window start again.
+model writes back in its points), and `pipeline.results.grounding` adds the window start again. Tasks
+may sample at rates of their own (`pipeline.results.tasks.sampling_groups`): one sampler per rate, each
+picking from the same window.
 """
 
 from __future__ import annotations
@@ -75,6 +77,15 @@ class FrameSampler:
             raise ValueError("num_frames must be >= 1")
         if self.max_fps is not None and self.max_fps <= 0:
             raise ValueError("max_fps must be > 0")
+
+    def frames_for_rate(self, duration_s: float) -> int:
+        """Frames a window of `duration_s` seconds needs for this policy to sample a faster video at its full
+        `max_fps`; a `num_frames` below it caps the window's frames and so lowers the rate."""
+        if self.max_fps is None:
+            return self.num_frames
+        if self.mode == "native":
+            return max(1, int(duration_s * self.max_fps))
+        return len(np.arange(0.0, duration_s, 1.0 / self.max_fps)) + 1
 
     def sample(self, frame_times: Sequence[float], fps: float) -> list[int]:
         """Pick frames of one window.

@@ -225,13 +225,20 @@ def test_nightly_config_yaml_flags_and_defaults(tmp_path: Path, capsys: pytest.C
 
 def test_retail_config_yaml_flags_and_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, config, job, layout = retail_counting.build(["--config", str(REPO / "jobs/configs/retail_counting.yaml")])
-    assert config.tasks.tasks == ["count:person", "count:shopping cart"]
-    assert (config.window.window_s, config.window.overlap_s) == (30.0, 0.0)
+    assert config.tasks.tasks == ["count:person", "count:shopping cart", "track:person"]
+    assert (config.window.window_s, config.window.overlap_s) == (30.0, 2.0)
+    assert (config.tasks.task_max_fps, config.tasks.task_num_frames) == ({"track": 8.0}, {"track": 240})
     assert layout.parse("s3://my-store-cameras/store=1/camera=2/2026-11-01T13:45:00Z.mp4") is not None
+    geometry = retail_counting.analytics_of(job).geometry.for_camera("17", "3")
+    assert geometry is not None and [z.name for z in geometry.zones] == ["checkout_queue", "promo_shelf"]
     _, config, job, _ = retail_counting.build(["--input", "/v", "--output", "/o", "--queries", "cart",
-                                               "--window-s", "20"])
-    assert config.tasks.tasks == ["count:cart"] and job["queries"] == ["cart"]
-    assert (config.window.window_s, config.window.overlap_s) == (20.0, 0.0)  # no overlap unless asked
+                                               "--window-s", "20", "--track-queries", ""])
+    assert config.tasks.tasks == ["count:cart"] and job["queries"] == ["cart"] and job["track_queries"] == []
+    assert (config.window.window_s, config.window.overlap_s) == (20.0, 0.0)  # no overlap unless asked or tracking
+    _, config, job, _ = retail_counting.build(["--input", "/v", "--output", "/o", "--queries", "cart"])
+    assert config.tasks.tasks == ["count:cart", "track:person"] and config.window.overlap_s == 2.0
+    _, config, _, _ = retail_counting.build(["--input", "/v", "--output", "/o", "--window-s", "2"])
+    assert config.window.overlap_s == 0.5  # a quarter of a short window
     assert retail_counting.main(["--input", "/v", "--output", "/o", "--layout", "{store}/{clip_start}.mp4"]) == 2
     assert "camera" in capsys.readouterr().err
     # --postprocess-only needs no input and no model.
@@ -239,3 +246,39 @@ def test_retail_config_yaml_flags_and_defaults(tmp_path: Path, capsys: pytest.Ca
     out.mkdir()
     assert retail_counting.main(["--output", str(out), "--postprocess-only", "--run-id", "20261101T000000Z-x"]) == 0
     assert "0 clip(s) added" in capsys.readouterr().out
+
+
+def test_retail_bad_geometry_exits_2_in_one_line_before_any_model_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_model_work(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the pipeline ran despite bad geometry")
+
+    monkeypatch.setattr(retail_counting, "run_pipeline", no_model_work)
+    bad = tmp_path / "cameras.yaml"
+    bad.write_text("cameras:\n  - {store: 1, camera: 2, zones: [{name: q, polygon: [[0, 0], [1, 1]]}]}\n")
+    for argv, says in ((["--geometry", str(bad)], "cameras.yaml.cameras[0].zones[0].polygon: List should have at least 3"),
+                       (["--geometry", str(tmp_path / "missing.yaml")], "missing.yaml does not exist")):
+        assert retail_counting.main(["--input", "/v", "--output", str(tmp_path / "o"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("configuration error: ") and err.count("\n") == 1 and says in err, err
+    yaml_file = tmp_path / "retail.yaml"
+    yaml_file.write_text("retail:\n  geometry:\n    cameras:\n      - {store: 1, camera: 2, lines: "
+                         "[{name: door, start: [0.5, 0.5], end: [0.5, 0.5]}]}\n")
+    assert retail_counting.main(["--config", str(yaml_file), "--input", "/v", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "retail.geometry.cameras[0].lines[0]: line 'door': start and end are the same point" in err
+    assert err.count("\n") == 1
+    # Also with --postprocess-only and --print-config: nothing runs on bad geometry.
+    assert retail_counting.main(["--config", str(yaml_file), "--output", str(tmp_path / "o"), "--postprocess-only"]) == 2
+    assert retail_counting.main(["--config", str(yaml_file), "--print-config"]) == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_retail_per_task_rate_is_checked_against_the_frame_budget(capsys: pytest.CaptureFixture[str]) -> None:
+    # 8 fps over 30 s windows needs 240 frames: the run's 64 would quietly lower the rate.
+    argv = ["--input", "/v", "--output", "/o", "--window-s", "30", "--task-max-fps", "track=8"]
+    assert retail_counting.main(argv) == 2
+    assert "track:person: 8 fps over a 30 s window needs 240 frames, above its budget of 64" in capsys.readouterr().err
+    assert retail_counting.main([*argv, "--task-num-frames", "track=500"]) == 2  # 500 x 81 tokens: over the context
+    assert "num_frames=500" in capsys.readouterr().err

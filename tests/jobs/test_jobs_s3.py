@@ -258,7 +258,7 @@ def test_retail_counting_via_ray_job_submit(seaweed: SeaweedServer, ray_head: Ra
 
     retail = ray_head.submit(
         PYTHON, "-m", "jobs.retail_counting", "--input", f"s3://{bucket}/retail", "--output", f"s3://{bucket}/out",
-        "--run-id", "20261101T000000Z-r", "--queries", "person,shopping cart", "--window-s", "2",
+        "--run-id", "20261101T000000Z-r", "--queries", "person,shopping cart", "--window-s", "2", "--overlap-s", "0",
         "--s3-endpoint-url", seaweed.endpoint, *common,
     )
     assert retail.returncode == 0, retail.stdout[-4000:] + retail.stderr[-4000:] + ray_head.diagnostics()
@@ -283,6 +283,9 @@ def test_retail_counting_via_ray_job_submit(seaweed: SeaweedServer, ray_head: Ra
         ("17", "4", "shopping cart", "2026-11-01T14:00:00+00:00"): 1,
     }
     assert {str(h["run_date"]) for h in hourly} == {"2026-11-01"}
+    # The tracks' analytics were written to S3 too: the cameras have no geometry, so in-view occupancy only.
+    traffic = _rows(seaweed, f"{bucket}/out/retail_traffic_hourly")
+    assert {(t["camera"], t["kind"], t["query"]) for t in traffic} == {("3", "view", "person"), ("4", "view", "person")}
     # The s3:// model was copied to the node's disk once.
     copies = [p for p in cache.iterdir() if p.is_dir()]
     assert len(copies) == 1 and (copies[0] / ".molmo-batch-complete").exists()

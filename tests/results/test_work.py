@@ -5,7 +5,14 @@ from __future__ import annotations
 import dataclasses
 
 from pipeline.results.tasks import build_tasks
-from pipeline.results.work import WorkSettings, legacy_work_keys, missing_tasks, plan_work, work_key, work_keys
+from pipeline.results.work import (
+    WorkSettings,
+    legacy_work_keys,
+    missing_tasks,
+    plan_work,
+    work_key,
+    work_keys,
+)
 
 BASE = WorkSettings(model_id="allenai/Molmo2-8B", revision=None, sampling_mode="native", num_frames=64,
                     max_fps=2.0, window_s=60.0, overlap_s=5.0, frame_size=None, max_new_tokens=256)
@@ -41,3 +48,11 @@ def test_rows_from_before_work_keys_stand_for_the_tasks_they_name_with_the_same_
     assert legacy_work_keys("caption,count:person", BASE.model_id, tasks, keys, BASE.model_id) == set(keys)
     assert legacy_work_keys("caption", "allenai/Molmo2-4B", tasks, keys, BASE.model_id) == set()
     assert legacy_work_keys(None, BASE.model_id, tasks, keys, BASE.model_id) == set()
+
+
+def test_a_tasks_own_sampling_rate_is_part_of_its_key() -> None:
+    (track,) = build_tasks(["track:person"])
+    at_8 = dataclasses.replace(track, max_fps=8.0)
+    assert work_key(at_8, BASE) != work_key(track, BASE)
+    assert work_key(dataclasses.replace(track, max_fps=2.0), BASE) == work_key(track, BASE)  # 2.0 is the run's
+    assert work_key(dataclasses.replace(track, num_frames=128), BASE) != work_key(track, BASE)

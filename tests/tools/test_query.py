@@ -200,10 +200,17 @@ def test_query_command_table_list_and_errors(tables_dir: Path, tmp_path: Path, c
 
 
 def test_the_retail_job_registers_through_its_entry_point() -> None:
-    from jobs.retail_tables import HOURLY_COUNTS, RETAIL_GROUP
+    from jobs.retail_tables import (
+        BUSIEST_ZONES,
+        DWELL_DISTRIBUTION,
+        FOOTFALL_HOURLY,
+        HOURLY_COUNTS,
+        RETAIL_GROUP,
+    )
 
     registry = registered()
-    assert registry.groups == {"retail": RETAIL_GROUP} and registry.queries == {"hourly_counts": HOURLY_COUNTS}
+    assert registry.groups == {"retail": RETAIL_GROUP} and registry.queries == {
+        q.name: q for q in (HOURLY_COUNTS, FOOTFALL_HOURLY, BUSIEST_ZONES, DWELL_DISTRIBUTION)}
     assert RETAIL_GROUP.commit_table == "retail_videos" and "retail_hourly" in known_tables()
     assert not any(name.startswith("retail") for name in TABLES)  # the core declares none of them
     # ... and the core finds it without importing the job: only through the installed entry point.
