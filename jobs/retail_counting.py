@@ -402,14 +402,26 @@ def postprocess(
     """
     analytics = analytics or RetailAnalytics()
     summary = PostSummary()
+    # Its own writer on the output (the pipeline run's lease is given back by then): same run id, a suffix.
     sink = TableSink(output, run_date=run_date_for(run_id), endpoint_url=endpoint_url,
-                     tables=RETAIL_TABLES, commit_table=RETAIL_COMMIT_TABLE)
+                     tables=RETAIL_TABLES, commit_table=RETAIL_COMMIT_TABLE, writer_id=f"{run_id}-retail",
+                     purpose="retail post-processing")
+    try:
+        _write_clips(sink, output, layout, run_id, endpoint_url, flush_videos, echo, analytics, summary)
+    finally:
+        sink.close()
+    summary.rows_written = dict(sink.rows_written)
+    return summary
+
+
+def _write_clips(sink: TableSink, output: str, layout: ClipLayout, run_id: str, endpoint_url: str | None,
+                 flush_videos: int, echo: Any, analytics: RetailAnalytics, summary: PostSummary) -> None:
     summary.recovered = sink.recover()
     if summary.recovered:
         echo(f"retail: removed {summary.recovered} uncommitted part file(s) left by an interrupted run")
     clips = _selected_clips(output, layout, sink.done_video_ids(), endpoint_url, summary)
     if clips.num_rows == 0:
-        return summary
+        return
     con = _duck()
     con.register("clips", clips)
     tables = _enriched(con, output, clips, endpoint_url)
@@ -423,27 +435,22 @@ def postprocess(
     stamp = {"run_id": run_id}
     for start in range(0, len(clip_rows), flush_videos):
         batch = clip_rows[start : start + flush_videos]
-        batch_ids = pa.array([c["video_id"] for c in batch])
-        batch_counts = tables["retail_counts"].filter(pc.is_in(tables["retail_counts"].column("video_id"), batch_ids))
-        hourly = _hourly(con, batch_counts, run_id)
-        # One rollup per part, on its last clip's rows: the part commits it together with its clips.
-        traffic_hourly = [{**r, **stamp} for r in hourly_rollup(t for c in batch for t in traffic[c["video_id"]])]
-        for i, clip in enumerate(batch):
+        for clip in batch:
             vid = clip["video_id"]
+            # Each clip carries its own hourly rows (sums, counts, maxima: they merge exactly), so a clip
+            # another writer committed first is dropped whole, its hourly share with it.
+            counts = tables["retail_counts"].filter(pc.equal(tables["retail_counts"].column("video_id"), vid))
             rows: dict[str, list[dict[str, Any]]] = {name: by_video[vid][name] for name in _EXTRA}
             commit = {k: v for k, v in clip.items() if k != "tasks"}
             rows[RETAIL_COMMIT_TABLE] = [{**commit, "run_id": run_id, "processed_at": now}]
-            last = i == len(batch) - 1
-            rows["retail_hourly"] = hourly if last else []
-            rows["retail_traffic_hourly"] = traffic_hourly if last else []
+            rows["retail_hourly"] = _hourly(con, counts, run_id)
+            rows["retail_traffic_hourly"] = [{**r, **stamp} for r in hourly_rollup(traffic[vid])]
             rows["retail_crossings"] = [{**r, **stamp} for t in traffic[vid] for r in crossing_rows(t)]
             rows["retail_zone_visits"] = [{**r, **stamp} for t in traffic[vid] for r in visit_rows(t)]
             rows["retail_occupancy"] = [{**r, **stamp} for t in traffic[vid] for r in occupancy_rows(t)]
             sink.add_video(vid, rows)
         sink.flush()
         summary.clips += len(batch)
-    summary.rows_written = dict(sink.rows_written)
-    return summary
 
 
 def run(config: RunConfig, job: dict[str, Any], layout: ClipLayout, echo: Any = print,
