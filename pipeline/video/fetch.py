@@ -25,7 +25,9 @@ def _fetch_error(exc: BaseException, uri: str) -> BaseException:
 def _copy_range(fs: Any, path: str, dest: str, offset: int, length: int, chunk: int = 8 * 1024**2) -> int:
     """Copy `length` bytes (-1: to the end) of `path` from `offset` into the local file `dest`."""
     copied = 0
-    with fs.open(path, "rb") as src, open(dest, "wb") as out:
+    # No read-ahead cache: each read below is one ranged GET of exactly the bytes asked for. With the
+    # default cache (s3fs: 50 MiB read-ahead blocks) a member's read also fetched the shard past it.
+    with fs.open(path, "rb", cache_type="none") as src, open(dest, "wb") as out:
         src.seek(offset)
         while length < 0 or copied < length:
             data = src.read(chunk if length < 0 else min(chunk, length - copied))

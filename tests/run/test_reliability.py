@@ -226,6 +226,19 @@ def test_startup_errors_are_redacted(tiny_model_dir: Path, monkeypatch: pytest.M
 # Out of memory: split, retry, error rows for what still fails (engine level, no Ray)
 
 
+def test_what_counts_as_out_of_memory() -> None:
+    import torch
+
+    from pipeline.model.engine import _is_oom
+
+    # A GPU's error is recognised by its type, whatever its message says (the class exists in CPU builds).
+    assert _is_oom(torch.cuda.OutOfMemoryError("Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total capacity)"))
+    assert _is_oom(MemoryError())
+    assert _is_oom(RuntimeError("CUDA error: out of memory"))  # wrapped by a library: said in words
+    assert not _is_oom(RuntimeError("CUDA error: device-side assert triggered"))
+    assert not _is_oom(ValueError("Input image size (112*112) doesn't match model (224*224)."))
+
+
 def test_oom_splits_batches_and_fails_single_windows_as_rows(tiny_model_dir: Path, sample_videos: Path) -> None:
     from pipeline.model.engine import HostSettings, Molmo2Engine, WindowInput
     from pipeline.results.tasks import build_tasks
@@ -255,8 +268,10 @@ def test_oom_splits_batches_and_fails_single_windows_as_rows(tiny_model_dir: Pat
     assert [a[0].text for a in split] == reference and not any(a[0].error_type for a in split)
     engine.settings = HostSettings(**{**settings.__dict__, "test_hooks": (("MOLMO_BATCH_TEST_OOM_ALWAYS", "1"),)})
     failed = engine.answer_windows(windows, tasks)
-    assert [(a[0].error_type, a[0].text) for a in failed] == [("MemoryError", "")] * 3
-    assert all("out of memory even alone" in (a[0].error_message or "") for a in failed)
+    # The hook raises torch.cuda.OutOfMemoryError, as a GPU does: recognised by its type, split, then given up.
+    assert [(a[0].error_type, a[0].text) for a in failed] == [("OutOfMemoryError", "")] * 3
+    assert all((a[0].error_message or "").startswith("out of memory even alone: injected allocation failure")
+               for a in failed)
 
 
 def test_oom_splits_shared_prefix_batches_of_windows(tiny_model_dir: Path, sample_videos: Path) -> None:
