@@ -308,7 +308,8 @@ def video_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[Task], ctx: Row
                 window_counts[("count", query)][w] = count
             pts = _point_rows(r, parsed, ctx, "count")
             tables["points"].extend(g.row for g in pts)
-            grounded[("count", query)].extend(pts)
+            if pts:  # only points are stitched: a video none of whose windows pointed has nothing to count
+                grounded[("count", query)].extend(pts)
         elif kind == "point":
             tables["points"].extend(g.row for g in _point_rows(r, parsed, ctx, "point"))
         elif kind == "ask":
@@ -320,7 +321,8 @@ def video_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[Task], ctx: Row
             )
         elif kind == "track":
             pts = _point_rows(r, parsed, ctx, "track")
-            grounded[("track", query)].extend(pts)
+            if pts:
+                grounded[("track", query)].extend(pts)
             window_counts[("track", query)][w] = len({g.object_key for g in pts})
 
     num_windows = len({int(r["window_index"]) for r in window_rows})
@@ -343,7 +345,8 @@ def video_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[Task], ctx: Row
              "max_window_count": max(counts.values()) if counts else None, "windows": num_windows,
              **ctx.provenance(prompt)}
         )
-    # Counting tasks whose answers had no points still get a per-video row (stitching has nothing to join).
+    # Counting tasks whose answers had no points still get a per-video row: distinct_objects is null (no
+    # point to stitch; a count stated in words shows in max_window_count), not 0 objects.
     for t in tasks:
         if t.kind in ("count", "track") and (t.kind, t.query) not in grounded and window_rows:
             counts = window_counts.get((t.kind, t.query), {})

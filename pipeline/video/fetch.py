@@ -1,4 +1,5 @@
-"""Fetch a video's bytes from any fsspec store to a local file (a shard member by one ranged read)."""
+"""Fetch a video's bytes from any fsspec store to a local file (a shard member by ranged reads of its own
+bytes only: one per 8 MiB chunk, nothing before or after it)."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def local_copy(
     """Yield a local path holding the object's bytes (downloaded if remote, removed afterwards).
 
     With `byte_offset`/`byte_length` (a video inside a tar shard) only that range is fetched, with one
-    ranged read, into a local file.
+    ranged read per 8 MiB chunk, into a local file.
     """
     deadline = deadline or Deadline(float("inf"))
     fs, path = get_fs(uri, endpoint_url)

@@ -225,3 +225,43 @@ def test_point_rows_carry_normalised_and_pixel_coordinates_separately() -> None:
     assert (p["x_norm"], p["y_norm"]) == (0.25, 0.8)
     assert (p["x_px"], p["y_px"]) == (160.0, 288.0)
     assert (p["t"], p["t_start"], p["window_index"], p["object_index"]) == (14.0, 12.0, 0, 4)
+
+
+def test_a_video_no_window_pointed_in_has_no_distinct_objects_not_zero() -> None:
+    tasks = build_tasks(["count:person", "track:person"])
+    rows = [
+        _row(0, 0.0, 30.0, "count", "person", "There are two people."),
+        _row(0, 0.0, 30.0, "track", "person", "Nobody moves."),
+        _row(1, 25.0, 50.0, "count", "person", "I see 3."),
+        _row(1, 25.0, 50.0, "track", "person", "Nobody."),
+    ]
+    tables = video_tables(rows, tasks, CTX)
+    assert [(c["count"], c["count_method"], c["parse_status"]) for c in tables["counts"]] == [
+        (2, "text_number", "no_tags"), (3, "text_number", "no_tags")]
+    got = sorted((vc["task"], vc["distinct_objects"], vc["max_window_count"], vc["windows"]) for vc in tables["video_counts"])
+    assert got == [("count", None, 3, 2), ("track", None, 0, 2)]
+    assert tables["points"] == [] and tables["tracks"] == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "status", "errors"),
+    [
+        ({}, "ok", []),
+        # A window decoded only in part: its answers are kept, the video is partial, one decode error row.
+        ({1: {"decode_status": "partial", "error_type": "PartialDecode", "error_message": "bad packets"}},
+         "partial", [("decode", "PartialDecode", 1, None)]),
+        ({0: {"infer_error_type": "OutOfMemoryError", "infer_error_message": "oom"}},
+         "partial", [("infer", "OutOfMemoryError", 0, "caption")]),
+        # Every answer failed: nothing was learnt about the video.
+        ({0: {"infer_error_type": "RuntimeError", "infer_error_message": "x"},
+          1: {"infer_error_type": "RuntimeError", "infer_error_message": "y"}},
+         "failed", [("infer", "RuntimeError", 0, "caption"), ("infer", "RuntimeError", 1, "caption")]),
+    ],
+)
+def test_video_status_from_its_windows(changes: dict[int, dict[str, Any]], status: str,
+                                       errors: list[tuple[Any, ...]]) -> None:
+    rows = [_row(w, t0, t1, "caption", "", f"caption {w}", **changes.get(w, {}))
+            for w, (t0, t1) in enumerate([(0.0, 30.0), (25.0, 50.0)])]
+    tables = video_tables(rows, build_tasks(["caption"]), CTX)
+    assert tables["videos"][0]["status"] == status
+    assert [(e["stage"], e["error_type"], e["window_index"], e["task"]) for e in tables["errors"]] == errors
