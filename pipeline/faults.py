@@ -17,8 +17,9 @@ inside real Ray workers (which is where the code under test runs):
 - `MOLMO_BATCH_TEST_EVENTS=DIR`: components append their process id to `DIR/<event>` when they reach a
   point a test waits for (`infer-call`, `flush-data-written`, `flush-committed`). While a file
   `DIR/<event>.hold-<pid>` exists, process <pid> stops at that event (after appending its id to
-  `DIR/<event>.held`) until the test removes the file, at most `HOLD_LIMIT_S`: a test can keep a model
-  call in flight for as long as it needs (e.g. until it has removed the node), instead of racing it.
+  `DIR/<event>.held`) until the test removes the file, at most `HOLD_LIMIT_S`; `DIR/<event>.hold`
+  stops any process there. A test can keep a model call in flight, or the driver between two parts,
+  for as long as it needs (e.g. until it has removed a node or cut the store off), instead of racing it.
 - `MOLMO_BATCH_TEST_FLUSH_PAUSE_S=S[,S2,...]`: the sink sleeps S seconds between writing a part's data
   files and its `videos` commit file (S2 for the second part, ...; the last value repeats), so a test
   can kill the driver mid-flush.
@@ -72,10 +73,10 @@ def event(name: str, hooks: Hooks = ()) -> None:
     if not folder:
         return
     _append_pid(os.path.join(folder, name))
-    hold = os.path.join(folder, f"{name}.hold-{os.getpid()}")
-    if not os.path.exists(hold):
+    holds = [os.path.join(folder, f"{name}.hold-{os.getpid()}"), os.path.join(folder, f"{name}.hold")]
+    if not any(os.path.exists(h) for h in holds):
         return
     _append_pid(os.path.join(folder, f"{name}.held"))
     limit = time.monotonic() + HOLD_LIMIT_S
-    while os.path.exists(hold) and time.monotonic() < limit:
+    while any(os.path.exists(h) for h in holds) and time.monotonic() < limit:
         time.sleep(0.05)

@@ -246,7 +246,7 @@ def test_retail_config_yaml_flags_and_defaults(tmp_path: Path, capsys: pytest.Ca
 # -- what a night processes: new, changed and failed videos; never the done ones (no Ray, no model) ------
 
 
-def _night(tmp_path: Path, *extra: str) -> tuple[set[str], int, int]:
+def _nightly_todo(tmp_path: Path, *extra: str) -> tuple[set[str], int, int]:
     """The nightly job's config (its defaults, then `extra` flags) through the driver's `prepare()`:
     (the names of the videos it would process, videos retried, videos skipped)."""
     from pipeline.run.driver import RunDriver
@@ -280,7 +280,7 @@ def test_nightly_retries_failed_videos_and_skips_done_ones(tmp_path: Path) -> No
         sink.flush()
 
     # Default: failed videos are retried (every committed row failed); ok and partial ones are done.
-    assert _night(tmp_path) == ({"new.mp4", "failed.mp4", "failed_twice.mp4"}, 2, 3)
-    assert _night(tmp_path, "--retry-statuses", "failed,partial") == (
+    assert _nightly_todo(tmp_path) == ({"new.mp4", "failed.mp4", "failed_twice.mp4"}, 2, 3)
+    assert _nightly_todo(tmp_path, "--retry-statuses", "failed,partial") == (
         {"new.mp4", "failed.mp4", "failed_twice.mp4", "partial.mp4"}, 3, 2)
-    assert _night(tmp_path, "--retry-statuses", "") == ({"new.mp4"}, 0, 5)  # retrying switched off
+    assert _nightly_todo(tmp_path, "--retry-statuses", "") == ({"new.mp4"}, 0, 5)  # retrying switched off

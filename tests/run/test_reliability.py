@@ -613,11 +613,17 @@ def test_s3_outage_mid_run_loses_nothing(
             "--max-new-tokens", "8", "--batch-size", "1", "--flush-videos", "1", "--progress", "off",
         ]
         events = tmp_path / "events"
+        # TEST-ONLY hook (pipeline.faults): the driver stops right after committing its first part, until
+        # the test removes the hold file: the store goes away at that point, whatever the machine's speed.
+        hold = events / "flush-committed.hold"
+        events.mkdir()
+        hold.touch()
         env = _env(f"s3-{uuid.uuid4().hex[:8]}", **seaweed.client_env(), MOLMO_BATCH_TEST_EVENTS=str(events))
         env["AWS_ENDPOINT_URL"] = outage.endpoint  # every process of the run reaches the store through the proxy
         run = CliRun(args, tmp_path / "s3.log", env)
-        run.wait_for(lambda: (events / "flush-committed").exists(), "the first committed part")
+        run.wait_for(lambda: (events / "flush-committed.held").exists(), "the first committed part")
         outage.down()  # three parts and the runs record are still to be written: the run must meet it
+        hold.unlink()
         run.wait_for(lambda: outage.reset_connections >= 3, "the run trying the store during the outage")
         outage.back()
         rc = run.finish()
