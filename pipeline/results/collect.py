@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.results.grounding import match_frame_time, to_pixels
+from pipeline.results.grounding import absolute_time, match_frame_time, normalized, to_pixels
 from pipeline.results.parse import ParsedAnswer, parse_answer
 from pipeline.results.stitch import WindowTrackPoint, stitch_tracks
 from pipeline.results.tasks import Task
@@ -154,44 +154,86 @@ def _error(row: dict[str, Any], ctx: RowContext, *, stage: str, etype: str, mess
     }
 
 
+def object_keys(object_ids: Sequence[int | None]) -> list[int]:
+    """The one rule for "distinct objects" within one answer: the object each point belongs to.
+
+    Points that share an ID are one object (the model follows an object across frames by its ID); a
+    point without an ID (the model wrote ``X Y`` pairs) is an object of its own, since nothing says it
+    is the same as any other point. Such points get keys -1, -2, ..., which no written ID can equal
+    (IDs are unsigned). Counts, video_counts and tracks all go through this function.
+
+    Args:
+        object_ids: each point's ID as parsed (``None`` when the model wrote none), in answer order.
+
+    Returns:
+        One key per point, in the same order; the number of distinct keys is the number of objects.
+    """
+    keys: list[int] = []
+    next_anonymous = -1
+    for object_id in object_ids:
+        if object_id is None:
+            keys.append(next_anonymous)
+            next_anonymous -= 1
+        else:
+            keys.append(int(object_id))
+    return keys
+
+
+def count_objects(object_ids: Sequence[int | None]) -> int:
+    """How many distinct objects one answer's points show (see :func:`object_keys`)."""
+    return len(set(object_keys(object_ids)))
+
+
+@dataclass(frozen=True)
+class _Grounded:
+    """A `points` row of one answer and the object it belongs to within that answer (`object_keys`)."""
+
+    row: dict[str, Any]
+    object_key: int
+
+
 def _point_rows(
     row: dict[str, Any], parsed: ParsedAnswer, ctx: RowContext, task_kind: str, task: Task | None = None
-) -> list[dict[str, Any]]:
+) -> list[_Grounded]:
     width, height = int(row.get("width") or 0), int(row.get("height") or 0)
     frame_times = [float(t) for t in (row.get("frame_times") or [])]
     tolerance = ctx.frame_match_tolerance if ctx.frame_match_tolerance is not None else 0.5 / ctx.rate(task)
+    keys = object_keys([pt.object_id for pt in parsed.points])
     out = []
-    for pt in parsed.points:
-        t_abs = float(row["t_start"]) + pt.t
+    for pt, key in zip(parsed.points, keys, strict=True):
+        t_abs = absolute_time(float(row["t_start"]), pt.t)
         x_px, y_px = to_pixels(pt.x, pt.y, width, height)
+        x_norm, y_norm = normalized(pt.x, pt.y)
         match = match_frame_time(t_abs, frame_times, tolerance=tolerance)
-        out.append(
-            {
-                **_window(row),
-                "task": task_kind,
-                "query": row.get("query") or "",
-                "object_index": pt.object_id,
-                "t": t_abs,
-                "x_px": x_px,
-                "y_px": y_px,
-                "x_norm": pt.x / 1000.0,
-                "y_norm": pt.y / 1000.0,
-                "frame_t": match.frame_time,
-                "frame_dt": match.distance,
-                "frame_matched": match.matched,
-                "parse_status": parsed.status,
-                **ctx.provenance(row.get("prompt"), task),
-            }
-        )
+        point = {
+            **_window(row),
+            "task": task_kind,
+            "query": row.get("query") or "",
+            "object_index": pt.object_id,
+            "t": t_abs,
+            "x_px": x_px,
+            "y_px": y_px,
+            "x_norm": x_norm,
+            "y_norm": y_norm,
+            "frame_t": match.frame_time,
+            "frame_dt": match.distance,
+            "frame_matched": match.matched,
+            "parse_status": parsed.status,
+            **ctx.provenance(row.get("prompt"), task),
+        }
+        out.append(_Grounded(point, key))
     return out
 
 
-def _distinct_objects(points: list[dict[str, Any]], window_count: int, ctx: RowContext) -> tuple[int, dict[tuple[int, int], int]]:
-    """Stitch per-window object ids into video-wide ones; return (count, id map)."""
-    track_points = []
-    for p in points:
-        local = p["object_index"] if p["object_index"] is not None else -1
-        track_points.append(WindowTrackPoint(p["window_index"], int(local), p["t"], p["x_norm"], p["y_norm"]))
+def _distinct_objects(
+    points: list[_Grounded], window_count: int, ctx: RowContext
+) -> tuple[int, dict[tuple[int, int], int]]:
+    """Objects across a video's windows: each window's objects (`object_keys`), joined across overlapping
+    windows by stitching; return (count, (window, object key) -> video-wide id)."""
+    track_points = [
+        WindowTrackPoint(g.row["window_index"], g.object_key, g.row["t"], g.row["x_norm"], g.row["y_norm"])
+        for g in points
+    ]
     if not track_points:
         return 0, {}
     if window_count <= 1:
@@ -237,7 +279,7 @@ def video_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[Task], ctx: Row
     task_of: dict[tuple[str, str], Task] = {(t.kind, t.query): t for t in tasks}
     partial_windows = set()
     failed_answers = 0
-    grounded: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    grounded: dict[tuple[str, str], list[_Grounded]] = defaultdict(list)
     window_counts: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
     for r in window_rows:
         w = int(r["window_index"])
@@ -267,7 +309,7 @@ def video_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[Task], ctx: Row
         parsed = parse_answer(answer, hit_max_new_tokens=truncated)
         if kind == "count":
             if parsed.points:
-                count, method = len({(p.object_id if p.object_id is not None else i) for i, p in enumerate(parsed.points)}), "points"
+                count, method = count_objects([p.object_id for p in parsed.points]), "points"
             elif parsed.number is not None:
                 count, method = parsed.number, "text_number"
             else:
@@ -279,30 +321,32 @@ def video_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[Task], ctx: Row
             if count is not None:
                 window_counts[("count", query)][w] = count
             pts = _point_rows(r, parsed, ctx, "count", task)
-            tables["points"].extend(pts)
-            grounded[("count", query)].extend(pts)
+            tables["points"].extend(g.row for g in pts)
+            if pts:  # only points are stitched: a video none of whose windows pointed has nothing to count
+                grounded[("count", query)].extend(pts)
         elif kind == "point":
-            tables["points"].extend(_point_rows(r, parsed, ctx, "point", task))
+            tables["points"].extend(g.row for g in _point_rows(r, parsed, ctx, "point", task))
         elif kind == "ask":
             pts = _point_rows(r, parsed, ctx, "ask", task)
-            tables["points"].extend(pts)
+            tables["points"].extend(g.row for g in pts)
             tables["answers"].append(
                 {**_window(r), "question": query, "answer": answer, "num_points": len(pts),
                  "parse_status": parsed.status, "truncated": truncated, **_tokens(r), **prov}
             )
         elif kind == "track":
             pts = _point_rows(r, parsed, ctx, "track", task)
-            grounded[("track", query)].extend(pts)
-            window_counts[("track", query)][w] = len({p["object_index"] for p in pts})
+            if pts:
+                grounded[("track", query)].extend(pts)
+            window_counts[("track", query)][w] = len({g.object_key for g in pts})
 
     num_windows = len({int(r["window_index"]) for r in window_rows})
     for (kind, query), pts in sorted(grounded.items()):
         distinct, ids = _distinct_objects(pts, num_windows, ctx)
         if kind == "track":
-            for p in pts:
-                local = p["object_index"] if p["object_index"] is not None else -1
+            for g in pts:
+                p = g.row
                 tables["tracks"].append(
-                    {"video_id": p["video_id"], "query": query, "track_id": ids[(p["window_index"], int(local))],
+                    {"video_id": p["video_id"], "query": query, "track_id": ids[(p["window_index"], g.object_key)],
                      "window_index": p["window_index"], "local_id": p["object_index"], "t": p["t"],
                      "x_px": p["x_px"], "y_px": p["y_px"], "x_norm": p["x_norm"], "y_norm": p["y_norm"],
                      "frame_matched": p["frame_matched"], "parse_status": p["parse_status"],
@@ -315,7 +359,8 @@ def video_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[Task], ctx: Row
              "max_window_count": max(counts.values()) if counts else None, "windows": num_windows,
              **ctx.provenance(prompt, task_of.get((kind, query)))}
         )
-    # Counting tasks whose answers had no points still get a per-video row (stitching has nothing to join).
+    # Counting tasks whose answers had no points still get a per-video row: distinct_objects is null (no
+    # point to stitch; a count stated in words shows in max_window_count), not 0 objects.
     for t in tasks:
         if t.kind in ("count", "track") and (t.kind, t.query) not in grounded and window_rows:
             counts = window_counts.get((t.kind, t.query), {})

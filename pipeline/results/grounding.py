@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["FrameMatch", "absolute_time", "display_size", "match_frame_time", "to_pixels"]
+__all__ = ["FrameMatch", "absolute_time", "display_size", "match_frame_time", "normalized", "to_pixels"]
 
 
 COORD_SCALE = 1000.0
@@ -30,6 +30,12 @@ def to_pixels(x: float, y: float, width: int, height: int) -> tuple[float, float
         inputs give the correctly rounded result (255 of 720 px is exactly ``183.6``).
     """
     return x * width / COORD_SCALE, y * height / COORD_SCALE
+
+
+def normalized(x: float, y: float) -> tuple[float, float]:
+    """Position of a point written on the 0..1000 scale as fractions 0..1 of the frame width and height
+    (the `x_norm`/`y_norm` columns; what track stitching measures distances in)."""
+    return x / COORD_SCALE, y / COORD_SCALE
 
 
 def display_size(coded_width: int, coded_height: int, rotation: int) -> tuple[int, int]:

@@ -236,6 +236,8 @@ def create_exclusive(fs: Any, path: str, payload: bytes) -> bool:
                 os.unlink(tmp)
     try:
         fs.pipe_file(path, payload, mode="create")
+    except FileExistsError:  # fsspec's own filesystems (memory, ...) say it this way
+        return False
     except (TypeError, NotImplementedError) as exc:
         raise ConditionalWriteUnsupported(f"{type(fs).__name__} has no exclusive create: {exc}") from None
     except OSError as exc:

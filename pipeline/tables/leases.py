@@ -286,6 +286,8 @@ class CommitLock:
             return True, ""
         if data.get("released") or _now() >= float(data.get("expires_at", 0)):
             return True, ""
+        if data.get("host") == socket.gethostname() and not _pid_alive(int(data.get("pid", 0) or 0)):
+            return True, ""  # its holder was killed on this machine: no need to wait for the expiry
         return False, str(data.get("writer_id", "?"))
 
     def acquire(self, *, timeout_s: float = 600.0, on_wait: Callable[[str], None] | None = None) -> CommitTicket:
@@ -300,7 +302,7 @@ class CommitLock:
             if free:
                 t0 = time.monotonic()
                 body = {"writer_id": self.writer_id, "acquired_at": _now(), "expires_at": _now() + self.ttl_s,
-                        "released": False}
+                        "released": False, "host": socket.gethostname(), "pid": os.getpid()}
                 if layout.create_exclusive(self.fs, self._path(current + 1), json.dumps(body).encode()):
                     return CommitTicket(current + 1, self._path(current + 1), t0, self.ttl_s)
                 continue  # another writer took it first: look again

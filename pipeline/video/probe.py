@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.io.secrets import redact
+from pipeline.results.grounding import display_size
 from pipeline.video.errors import (
     DamagedContainer,
     Deadline,
@@ -80,10 +81,6 @@ def _unreadable(path: str, exc: BaseException) -> DecodeError:
     return NotAVideo(f"not a video container: unrecognised bytes ({detail})")
 
 
-def _display_size(width: int, height: int, rotation: int) -> tuple[int, int]:
-    return (height, width) if rotation % 180 == 90 else (width, height)
-
-
 def probe_video(path: str, deadline: Deadline | None = None) -> VideoProbe:
     """Read container metadata and frame times with PyAV (demux only, no pixel decoding but one frame)."""
     import av
@@ -144,7 +141,11 @@ def probe_video(path: str, deadline: Deadline | None = None) -> VideoProbe:
         truncated = f"the container breaks off after {duration:.2f} s ({demux_error})"
     elif declared and declared - duration > max(2.0 / fps, 0.02 * declared, 0.1):
         truncated = f"the container declares {declared:.2f} s but its data ends at {duration:.2f} s (truncated file)"
-    width, height = _display_size(coded_w, coded_h, rotation)
+    if rotation % 90:
+        # The decoder can only turn frames by quarter turns (pipeline.video.readers.rotate_frames).
+        raise DecodeError(f"rotation metadata of {rotation} degrees is not a multiple of 90: frames cannot be turned upright")
+    # The size the model's 0..1000 coordinates refer to: one rule, shared with the points' grounding.
+    width, height = display_size(coded_w, coded_h, rotation)
     return VideoProbe(
         duration, fps, width, height, coded_w, coded_h, codec, rotation, times, declared, truncated, int(start_pts)
     )

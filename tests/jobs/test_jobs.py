@@ -15,8 +15,10 @@ import pytest
 from jobs import nightly_captions, retail_counting
 from jobs.common import build_parser, latest_videos, read_table
 from jobs.layout import ClipLayout, LayoutError, parse_clip_start, template_to_regex
-from pipeline.config import SECTIONS
+from pipeline.config import SECTIONS, VIDEO_GLOBS
+from pipeline.source.listing import list_videos
 from pipeline.tables.sink import TableSink
+from tests.handmade_tables import video_row
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -282,3 +284,49 @@ def test_retail_per_task_rate_is_checked_against_the_frame_budget(capsys: pytest
     assert "track:person: 8 fps over a 30 s window needs 240 frames, above its budget of 64" in capsys.readouterr().err
     assert retail_counting.main([*argv, "--task-num-frames", "track=500"]) == 2  # 500 x 81 tokens: over the context
     assert "num_frames=500" in capsys.readouterr().err
+
+
+# -- what a night processes: new, changed and failed videos; never the done ones (no Ray, no model) ------
+
+
+def _nightly_todo(tmp_path: Path, *extra: str) -> tuple[set[str], int, int]:
+    """The nightly job's config (its defaults, then `extra` flags) through the driver's `prepare()`:
+    (the names of the videos it would process, videos retried, videos skipped)."""
+    from pipeline.run.driver import RunDriver
+
+    model = tmp_path / "model"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text('{"model_type": "molmo2"}')  # prepare() checks the model; loads nothing
+    _, config, _ = nightly_captions.build(["--input", str(tmp_path / "videos"), "--output", str(tmp_path / "out"),
+                                           "--model", str(model), "--progress", "off", *extra])
+    driver = RunDriver(config, echo=lambda _m: None)
+    driver.prepare()
+    return ({Path(r.uri).name for r in driver.todo}, driver.summary.videos_retried, driver.summary.videos_skipped)
+
+
+def test_nightly_retries_failed_videos_and_skips_done_ones(tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    names = ["new.mp4", "ok.mp4", "partial.mp4", "failed.mp4", "failed_then_ok.mp4", "failed_twice.mp4"]
+    for name in names:
+        (videos / name).write_bytes(name.encode())
+    ids = {Path(r.uri).name: r.video_id for r in list_videos(str(videos), include=VIDEO_GLOBS)}
+    history = [  # earlier nights: one part each
+        {"ok.mp4": "ok", "partial.mp4": "partial", "failed.mp4": "failed", "failed_then_ok.mp4": "failed",
+         "failed_twice.mp4": "failed"},
+        {"failed_then_ok.mp4": "ok", "failed_twice.mp4": "failed"},
+    ]
+    for night, statuses in enumerate(history):
+        sink = TableSink(str(tmp_path / "out"), run_date=f"2026-01-0{night + 1}")
+        for name, status in statuses.items():
+            # Rows as a run of this model asking `caption` wrote them (no work keys: the older layout, whose
+            # `tasks` and `model_id` stand for the work done).
+            row = {**video_row(ids[name], str(videos / name), status=status), "model_id": str(tmp_path / "model")}
+            sink.add_video(ids[name], {"videos": [row]})
+        sink.flush()
+
+    # Default: failed videos are retried (every committed row failed); ok and partial ones are done.
+    assert _nightly_todo(tmp_path) == ({"new.mp4", "failed.mp4", "failed_twice.mp4"}, 2, 3)
+    assert _nightly_todo(tmp_path, "--retry-statuses", "failed,partial") == (
+        {"new.mp4", "failed.mp4", "failed_twice.mp4", "partial.mp4"}, 3, 2)
+    assert _nightly_todo(tmp_path, "--retry-statuses", "") == ({"new.mp4"}, 0, 5)  # retrying switched off

@@ -61,14 +61,18 @@ def test_batched_windows_equal_one_at_a_time(engine: Molmo2Engine, windows: list
 
 
 def test_prompt_carries_frame_times_relative_to_window(engine: Molmo2Engine, windows: list[WindowInput]) -> None:
-    w = windows[1]  # second window of the long video starts at 8 s
-    assert w.t_start == 8.0
-    inputs = engine._encode([engine.chat_text("q")], [w])
-    text = engine.tokenizer.decode(inputs["input_ids"][0])
-    written = [float(m) for m in re.findall(r"(\d+\.\d) <frame_start>", text)]
-    expected = [round(float(t) - 8.0, 1) for t in w.frame_times]
-    assert written == pytest.approx(expected, abs=0.051)  # times relative to the window start
-    assert len(written) == len(w.frame_times) and written[0] == 0.0
+    def labels(w: WindowInput) -> list[str]:
+        text = engine.tokenizer.decode(engine._encode([engine.chat_text("q")], [w])["input_ids"][0])
+        return re.findall(r"(\d+\.\d) <frame_start>", text)
+
+    first, second = windows[0], windows[1]  # the long video's windows at 0 s and 8 s (25 fps source)
+    assert (first.t_start, second.t_start) == (0.0, 8.0)
+    # 12 frames of 8.00, 8.80, 9.64, 10.48, ... 17.16 s, labelled from the window's start with one decimal.
+    assert [round(float(t), 2) for t in second.frame_times] == [
+        8.0, 8.8, 9.64, 10.48, 11.32, 12.16, 13.0, 13.8, 14.64, 15.48, 16.32, 17.16]
+    want = ["0.0", "0.8", "1.6", "2.5", "3.3", "4.2", "5.0", "5.8", "6.6", "7.5", "8.3", "9.2"]
+    assert labels(second) == want
+    assert labels(first) == want  # the same frame pattern at 0 s: the same labels
 
 
 def test_hitting_max_new_tokens_is_marked(engine: Molmo2Engine, windows: list[WindowInput]) -> None:
@@ -77,5 +81,5 @@ def test_hitting_max_new_tokens_is_marked(engine: Molmo2Engine, windows: list[Wi
         answers = engine.answer_windows(windows[:1], TASKS[:1])[0]
     finally:
         engine.settings = dataclasses.replace(engine.settings, max_new_tokens=20)
-    assert answers[0].generated_tokens <= 3
-    assert answers[0].hit_max_new_tokens == (answers[0].generated_tokens == 3)
+    # The random model never writes its end token this early: the answer is cut, and says so.
+    assert (answers[0].generated_tokens, answers[0].hit_max_new_tokens) == (3, True)

@@ -6,7 +6,14 @@ from typing import Any
 
 import pytest
 
-from pipeline.results.collect import RowContext, VideoCollector, tables_for_tasks, video_tables
+from pipeline.results.collect import (
+    RowContext,
+    VideoCollector,
+    count_objects,
+    object_keys,
+    tables_for_tasks,
+    video_tables,
+)
 from pipeline.results.tasks import build_tasks
 
 CTX = RowContext(run_id="r1", model_id="m", max_new_tokens=64, sampling_mode="native", num_frames=64, max_fps=2.0)
@@ -144,3 +151,117 @@ def test_every_task_table_is_declared() -> None:
     assert tables_for_tasks(tasks) == ["answers", "captions", "errors", "points", "tracks", "video_counts", "videos"]
     tables = video_tables([_row(0, 0.0, 5.0, "caption", "", "a", num_windows=1)], build_tasks(["caption"]), CTX)
     assert set(tables) == {"captions", "errors", "videos"}
+
+
+# --- "distinct objects": one rule for counts, video_counts and tracks ------------------------------
+
+
+def test_object_keys_rule() -> None:
+    assert object_keys([]) == [] and count_objects([]) == 0
+    assert object_keys([1, 2, 3]) == [1, 2, 3]
+    assert object_keys([1, 1, 2]) == [1, 1, 2] and count_objects([1, 1, 2]) == 2  # an ID seen twice is one object
+    assert object_keys([None, None]) == [-1, -2] and count_objects([None, None]) == 2  # no ID: its own object
+    assert object_keys([0, None, 1, None]) == [0, -1, 1, -2] and count_objects([0, None, 1, None]) == 4
+    assert count_objects([None, 1, 1]) == 2  # a missing ID never merges with a written one
+
+
+def _one_window_count(answer: str) -> tuple[Any, Any, Any, list[Any]]:
+    """(counts.count, count_method, video_counts.distinct_objects, points' object_index) of one window."""
+    tables = video_tables([_row(0, 0.0, 30.0, "count", "person", answer, num_windows=1)],
+                          build_tasks(["count:person"]), CTX)
+    (c,) = tables["counts"]
+    (vc,) = tables["video_counts"]
+    assert vc["max_window_count"] == c["count"]
+    return c["count"], c["count_method"], vc["distinct_objects"], [p["object_index"] for p in tables["points"]]
+
+
+@pytest.mark.parametrize(
+    ("answer", "count", "object_index"),
+    [
+        # IDs: three objects, one of them seen in two frames.
+        ('<points coords="1.0 1 100 100 2 200 200;1.5 1 110 100 3 300 300">p</points>', 3, [1, 2, 1, 3]),
+        # Missing IDs (X Y pairs; the parser reads this answer with status "ok"): two points, two objects.
+        ('<points coords="8.5 255 301 610 288">p</points>', 2, [None, None]),
+        # Duplicate IDs in one frame: the model says they are the same object.
+        ('<points coords="1.0 7 100 100 7 120 120">p</points>', 1, [7, 7]),
+        # Mixed: one object with an ID, then two without (another tag): three objects.
+        ('<points coords="1.0 1 100 100">a</points> and <points coords="1.0 100 100 200 200">b</points>', 3,
+         [1, None, None]),
+    ],
+)
+def test_counts_and_video_counts_agree_on_distinct_objects(answer: str, count: int, object_index: list[Any]) -> None:
+    assert _one_window_count(answer) == (count, "points", count, object_index)
+
+
+def test_id_less_points_are_stitched_across_windows_like_any_other() -> None:
+    # Window 0 (0-30 s) and window 1 (25-50 s) both point, without IDs, at an object at (500, 500) in the
+    # overlap, and window 1 also at a second object far from it: 2 objects in the video, not 3 and not 1.
+    rows = [
+        _row(0, 0.0, 30.0, "count", "person", '<points coords="26.0 500 500">p</points>'),
+        _row(1, 25.0, 50.0, "count", "person", '<points coords="1.0 500 500 100 900">p</points>'),
+    ]
+    tables = video_tables(rows, build_tasks(["count:person"]), CTX)
+    assert [c["count"] for c in tables["counts"]] == [1, 2]
+    (vc,) = tables["video_counts"]
+    assert (vc["distinct_objects"], vc["max_window_count"]) == (2, 2)
+
+
+def test_id_less_track_points_are_tracks_of_their_own() -> None:
+    rows = [_row(0, 0.0, 10.0, "track", "person", '<tracks coords="1.0 100 100 900 900;2.0 3 500 500">p</tracks>',
+                 num_windows=1)]
+    tables = video_tables(rows, build_tasks(["track:person"]), CTX)
+    got = sorted((r["local_id"] is None, r["x_px"]) for r in tables["tracks"])
+    assert got == [(False, 960.0), (True, 192.0), (True, 1728.0)]
+    assert len({r["track_id"] for r in tables["tracks"]}) == 3
+    (vc,) = tables["video_counts"]
+    assert (vc["distinct_objects"], vc["max_window_count"]) == (3, 3)
+
+
+def test_point_rows_carry_normalised_and_pixel_coordinates_separately() -> None:
+    # x and y differ (and width != height), so a coordinate computed from the other axis shows.
+    rows = [_row(0, 12.0, 22.0, "point", "cart", '<points coords="2.0 4 250 800">c</points>', num_windows=1,
+                 width=640, height=360)]
+    (p,) = video_tables(rows, build_tasks(["point:cart"]), CTX)["points"]
+    assert (p["x_norm"], p["y_norm"]) == (0.25, 0.8)
+    assert (p["x_px"], p["y_px"]) == (160.0, 288.0)
+    assert (p["t"], p["t_start"], p["window_index"], p["object_index"]) == (14.0, 12.0, 0, 4)
+
+
+def test_a_video_no_window_pointed_in_has_no_distinct_objects_not_zero() -> None:
+    tasks = build_tasks(["count:person", "track:person"])
+    rows = [
+        _row(0, 0.0, 30.0, "count", "person", "There are two people."),
+        _row(0, 0.0, 30.0, "track", "person", "Nobody moves."),
+        _row(1, 25.0, 50.0, "count", "person", "I see 3."),
+        _row(1, 25.0, 50.0, "track", "person", "Nobody."),
+    ]
+    tables = video_tables(rows, tasks, CTX)
+    assert [(c["count"], c["count_method"], c["parse_status"]) for c in tables["counts"]] == [
+        (2, "text_number", "no_tags"), (3, "text_number", "no_tags")]
+    got = sorted((vc["task"], vc["distinct_objects"], vc["max_window_count"], vc["windows"]) for vc in tables["video_counts"])
+    assert got == [("count", None, 3, 2), ("track", None, 0, 2)]
+    assert tables["points"] == [] and tables["tracks"] == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "status", "errors"),
+    [
+        ({}, "ok", []),
+        # A window decoded only in part: its answers are kept, the video is partial, one decode error row.
+        ({1: {"decode_status": "partial", "error_type": "PartialDecode", "error_message": "bad packets"}},
+         "partial", [("decode", "PartialDecode", 1, None)]),
+        ({0: {"infer_error_type": "OutOfMemoryError", "infer_error_message": "oom"}},
+         "partial", [("infer", "OutOfMemoryError", 0, "caption")]),
+        # Every answer failed: nothing was learnt about the video.
+        ({0: {"infer_error_type": "RuntimeError", "infer_error_message": "x"},
+          1: {"infer_error_type": "RuntimeError", "infer_error_message": "y"}},
+         "failed", [("infer", "RuntimeError", 0, "caption"), ("infer", "RuntimeError", 1, "caption")]),
+    ],
+)
+def test_video_status_from_its_windows(changes: dict[int, dict[str, Any]], status: str,
+                                       errors: list[tuple[Any, ...]]) -> None:
+    rows = [_row(w, t0, t1, "caption", "", f"caption {w}", **changes.get(w, {}))
+            for w, (t0, t1) in enumerate([(0.0, 30.0), (25.0, 50.0)])]
+    tables = video_tables(rows, build_tasks(["caption"]), CTX)
+    assert tables["videos"][0]["status"] == status
+    assert [(e["stage"], e["error_type"], e["window_index"], e["task"]) for e in tables["errors"]] == errors

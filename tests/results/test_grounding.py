@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.results.grounding import FrameMatch, absolute_time, display_size, match_frame_time, to_pixels
+from pipeline.results.grounding import (
+    FrameMatch,
+    absolute_time,
+    display_size,
+    match_frame_time,
+    normalized,
+    to_pixels,
+)
 from pipeline.results.parse import parse_answer
+from pipeline.video.readers import rotate_frames
 
 
 def test_format_md_720x720_example() -> None:
@@ -81,15 +91,21 @@ def test_to_pixels_corners() -> None:
 def test_to_pixels_stays_in_frame_and_is_correctly_rounded(x: int, y: int, w: int, h: int) -> None:
     px, py = to_pixels(x, y, w, h)
     assert 0 <= px <= w and 0 <= py <= h
-    assert px == x * w / 1000 and py == y * h / 1000
+    # The exact rational position, rounded once to the nearest float: what "correctly rounded" means.
+    assert (px, py) == (float(Fraction(x * w, 1000)), float(Fraction(y * h, 1000)))
 
 
-@given(
-    st.integers(min_value=0, max_value=10_000), st.integers(min_value=0, max_value=10_000), st.integers(-8, 8)
-)
-def test_display_size_rotation_keeps_area_and_quarter_turns_swap(w: int, h: int, quarter_turns: int) -> None:
-    shown = display_size(w, h, 90 * quarter_turns)
-    assert shown == ((h, w) if quarter_turns % 2 else (w, h))
+@given(st.integers(min_value=1, max_value=48), st.integers(min_value=1, max_value=48), st.integers(-8, 8))
+def test_display_size_is_the_shape_of_the_frames_the_decoder_turns_upright(w: int, h: int, quarter_turns: int) -> None:
+    # The model sees frames after pipeline.video.readers.rotate_frames; the display size must be their size.
+    coded = np.zeros((1, h, w, 3), dtype=np.uint8)
+    upright = rotate_frames(coded, 90 * quarter_turns)
+    assert display_size(w, h, 90 * quarter_turns) == (upright.shape[2], upright.shape[1])
+
+
+def test_normalized() -> None:
+    assert normalized(250, 800) == (0.25, 0.8)
+    assert normalized(0, 1000) == (0.0, 1.0)
 
 
 def test_absolute_time() -> None:

@@ -55,7 +55,6 @@ def _config(videos: Path, model: Path, out: Path, **sections: dict[str, Any]) ->
     data: dict[str, Any] = {
         "source": {"input": str(videos)},
         # batch 1: the same windows meet the same model calls on one node or four (greedy, deterministic)
-        # 48 tokens: a model call lasts long enough (~1 s) to be caught in flight
         "model": {"model": str(model), "max_new_tokens": 48, "batch_size": 1},
         "window": {"window_s": 10.0, "overlap_s": 2.0},
         "sampling": {"num_frames": 8, "max_fps": 2.0},
@@ -297,9 +296,11 @@ def test_placement_by_resources_and_a_gpu_node_lost_mid_run(
     call in flight, and the run completes on the other one with every row once and single-node captions."""
     from ray.util.state import get_log
 
-    # TEST-ONLY hook (pipeline.faults): each model call appends its process id to events/infer-call.
-    calls_file = tmp_path / "events" / "infer-call"
-    monkeypatch.setenv("MOLMO_BATCH_TEST_EVENTS", str(calls_file.parent))
+    # TEST-ONLY hook (pipeline.faults): each model call appends its process id to events/infer-call, and a
+    # process with a events/infer-call.hold-<pid> file waits there (after appending its id to
+    # events/infer-call.held) until the file is gone: the test keeps a call in flight as long as it needs.
+    events = tmp_path / "events"
+    monkeypatch.setenv("MOLMO_BATCH_TEST_EVENTS", str(events))
 
     assert len(nodes.gpu) == 2, "this test needs both GPU workers"
     g1, g2 = nodes.gpu
@@ -329,15 +330,18 @@ def test_placement_by_resources_and_a_gpu_node_lost_mid_run(
             assert "CUDA_VISIBLE_DEVICES=0" in line.group(1)
 
         g2_pid = str(next(a.pid for a in actors if a.node_id == g2.node_id))
-
-        def g2_calls() -> int:
-            return calls_file.read_text().split().count(g2_pid) if calls_file.exists() else 0
+        held, hold = events / "infer-call.held", events / f"infer-call.hold-{g2_pid}"
 
         run.wait_for(lambda: _committed_parts(out) > 0, "the first committed part")
-        started = g2_calls()
-        run.wait_for(lambda: g2_calls() > started, "a model call starting on the second GPU node", interval=0.1)
-        nodes.cluster.remove_node(g2)  # with that call in flight
-        nodes.gpu.remove(g2)
+        hold.parent.mkdir(parents=True, exist_ok=True)
+        hold.touch()  # the second GPU node's next model call stays in flight ...
+        try:
+            run.wait_for(lambda: held.exists() and g2_pid in held.read_text().split(),
+                         "a model call held in flight on the second GPU node")
+            nodes.cluster.remove_node(g2)  # ... until its node is gone
+            nodes.gpu.remove(g2)
+        finally:
+            hold.unlink()
         run.join()
 
     assert run.error is None, run.error

@@ -3,7 +3,8 @@
 Unit tests (no Ray): the retry policy against a flaky filesystem, the sink's commit protocol under
 write failures, redaction, the OOM split. Integration tests: an actor process that dies (injected),
 the CLI killed with SIGKILL at several points and rerun (tables equal a clean run's), and a real S3
-server (SeaweedFS) stopped and restarted in the middle of a run.
+server (SeaweedFS) cut off in the middle of a run (a proxy resets every connection) until the run has met
+the outage, then reachable again.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import contextlib
 import errno
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -19,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -33,6 +36,9 @@ from pipeline.tables.schemas import TABLES
 from pipeline.tables.sink import TableSink
 from pipeline.video.decode import DecodeSettings, decode_video
 from pipeline.video.sampling import FrameSampler
+
+if TYPE_CHECKING:
+    from pipeline.devtools.seaweed import SeaweedServer
 
 FAST = RetryPolicy(attempts=6, base_delay_s=0.001, max_delay_s=0.01, budget_s=5.0)
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzzSECRET" + uuid.uuid4().hex[:6]
@@ -228,6 +234,19 @@ def test_startup_errors_are_redacted(tiny_model_dir: Path, monkeypatch: pytest.M
 # Out of memory: split, retry, error rows for what still fails (engine level, no Ray)
 
 
+def test_what_counts_as_out_of_memory() -> None:
+    import torch
+
+    from pipeline.model.engine import _is_oom
+
+    # A GPU's error is recognised by its type, whatever its message says (the class exists in CPU builds).
+    assert _is_oom(torch.cuda.OutOfMemoryError("Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total capacity)"))
+    assert _is_oom(MemoryError())
+    assert _is_oom(RuntimeError("CUDA error: out of memory"))  # wrapped by a library: said in words
+    assert not _is_oom(RuntimeError("CUDA error: device-side assert triggered"))
+    assert not _is_oom(ValueError("Input image size (112*112) doesn't match model (224*224)."))
+
+
 def test_oom_splits_batches_and_fails_single_windows_as_rows(tiny_model_dir: Path, sample_videos: Path) -> None:
     from pipeline.model.engine import HostSettings, Molmo2Engine, WindowInput
     from pipeline.results.tasks import build_tasks
@@ -257,8 +276,10 @@ def test_oom_splits_batches_and_fails_single_windows_as_rows(tiny_model_dir: Pat
     assert [a[0].text for a in split] == reference and not any(a[0].error_type for a in split)
     engine.settings = HostSettings(**{**settings.__dict__, "test_hooks": (("MOLMO_BATCH_TEST_OOM_ALWAYS", "1"),)})
     failed = engine.answer_windows(windows, tasks)
-    assert [(a[0].error_type, a[0].text) for a in failed] == [("MemoryError", "")] * 3
-    assert all("out of memory even alone" in (a[0].error_message or "") for a in failed)
+    # The hook raises torch.cuda.OutOfMemoryError, as a GPU does: recognised by its type, split, then given up.
+    assert [(a[0].error_type, a[0].text) for a in failed] == [("OutOfMemoryError", "")] * 3
+    assert all((a[0].error_message or "").startswith("out of memory even alone: injected allocation failure")
+               for a in failed)
 
 
 def test_oom_splits_shared_prefix_batches_of_windows(tiny_model_dir: Path, sample_videos: Path) -> None:
@@ -498,55 +519,127 @@ def _kill_and_rerun(start: Callable[..., CliRun], out: Path, clean_out: Path, tm
 
 
 # ------------------------------------------------------------------------------------------------
-# Integration: a real S3 server goes away in the middle of a run and comes back
+# Integration: the S3 store goes away in the middle of a run and comes back
+
+
+class StoreOutage:
+    """A TCP proxy in front of a real S3 server that a test takes down and brings back at once: while it is
+    down, every open connection is reset and every new one is reset as soon as it is accepted (what a
+    client sees of a store that went away), and each such connection is counted. The outage begins and
+    ends when the test says, not after a sleep, and the server behind it never restarts."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._up = threading.Event()
+        self._up.set()
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self.reset_connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @staticmethod
+    def _reset(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        with contextlib.suppress(OSError):
+            sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            if not self._up.is_set():
+                with self._lock:
+                    self.reset_connections += 1
+                self._reset(client)
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                self._reset(client)
+                continue
+            with self._lock:
+                self._open.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            with self._lock:
+                self._open.discard(src)
+
+    def down(self) -> None:
+        self._up.clear()
+        with self._lock:
+            for sock in list(self._open):
+                self._reset(sock)
+            self._open.clear()
+
+    def back(self) -> None:
+        self._up.set()
+
+    def close(self) -> None:
+        self.down()
+        self._listener.close()
 
 
 @pytest.mark.integration
-def test_s3_outage_mid_run_loses_nothing(tiny_model_dir: Path, sample_videos: Path, tmp_path: Path) -> None:
-    from pipeline.devtools.seaweed import SeaweedServer
-
-    server = SeaweedServer(tmp_path / "seaweed")
+def test_s3_outage_mid_run_loses_nothing(
+    seaweed: SeaweedServer, tiny_model_dir: Path, sample_videos: Path, tmp_path: Path
+) -> None:
+    fs = seaweed.filesystem()
+    bucket = seaweed.make_bucket("outage")
+    for video in sorted(sample_videos.glob("*.mp4")):
+        fs.put_file(str(video), f"{bucket}/videos/{video.name}")
+    outage = StoreOutage(seaweed.ports["s3.port"])
     try:
-        server.start()
-        fs = server.filesystem()
-        bucket = server.make_bucket("outage")
-        for video in sorted(sample_videos.glob("*.mp4")):
-            fs.put_file(str(video), f"{bucket}/videos/{video.name}")
         args = [
             "--input", f"s3://{bucket}/videos", "--output", f"s3://{bucket}/tables", "--model", str(tiny_model_dir),
             "--tasks", "caption", "--window-s", "10", "--overlap-s", "2", "--num-frames", "4", "--max-fps", "1",
             "--max-new-tokens", "8", "--batch-size", "1", "--flush-videos", "1", "--progress", "off",
         ]
         events = tmp_path / "events"
-        env = _env(f"s3-{uuid.uuid4().hex[:8]}", **server.client_env(), MOLMO_BATCH_TEST_EVENTS=str(events))
+        # TEST-ONLY hook (pipeline.faults): the driver stops right after committing its first part, until
+        # the test removes the hold file: the store goes away at that point, whatever the machine's speed.
+        hold = events / "flush-committed.hold"
+        events.mkdir()
+        hold.touch()
+        env = _env(f"s3-{uuid.uuid4().hex[:8]}", **seaweed.client_env(), MOLMO_BATCH_TEST_EVENTS=str(events))
+        env["AWS_ENDPOINT_URL"] = outage.endpoint  # every process of the run reaches the store through the proxy
         run = CliRun(args, tmp_path / "s3.log", env)
-        run.wait_for(lambda: (events / "flush-committed").exists(), "the first committed part")
-        port = server.ports["s3.port"]
-        server.stop(timeout=5)  # the store is gone: reads and writes get connection refused
-        outage = threading.Event()
-
-        def come_back() -> None:
-            time.sleep(4)
-            server._wanted_s3_port = port
-            server.start()
-            outage.set()
-
-        threading.Thread(target=come_back, daemon=True).start()
+        run.wait_for(lambda: (events / "flush-committed.held").exists(), "the first committed part")
+        outage.down()  # three parts and the runs record are still to be written: the run must meet it
+        hold.unlink()
+        run.wait_for(lambda: outage.reset_connections >= 3, "the run trying the store during the outage")
+        outage.back()
         rc = run.finish()
-        assert outage.is_set(), "the run ended before the store came back"
         assert rc == 0, run.text()[-3000:]
-        fs = server.filesystem()
-        fs.invalidate_cache()
-        videos = pa.concat_tables(
-            [pq.read_table(fs.open(p, "rb")) for p in fs.find(f"{bucket}/tables/videos") if p.endswith(".parquet")]
-        ).to_pylist()
-        captions = pa.concat_tables(
-            [pq.read_table(fs.open(p, "rb")) for p in fs.find(f"{bucket}/tables/captions") if p.endswith(".parquet")]
-        ).to_pylist()
-        assert sorted(v["status"] for v in videos) == ["ok"] * 4
-        assert len({v["video_id"] for v in videos}) == 4
-        keys = [(c["video_id"], c["window_index"]) for c in captions]
-        assert len(keys) == len(set(keys)) == 6
     finally:
-        server.stop()
-
+        outage.close()
+    fs.invalidate_cache()
+    videos = pa.concat_tables(
+        [pq.read_table(fs.open(p, "rb")) for p in fs.find(f"{bucket}/tables/videos") if p.endswith(".parquet")]
+    ).to_pylist()
+    captions = pa.concat_tables(
+        [pq.read_table(fs.open(p, "rb")) for p in fs.find(f"{bucket}/tables/captions") if p.endswith(".parquet")]
+    ).to_pylist()
+    assert sorted(v["status"] for v in videos) == ["ok"] * 4
+    assert len({v["video_id"] for v in videos}) == 4
+    keys = [(c["video_id"], c["window_index"]) for c in captions]
+    assert len(keys) == len(set(keys)) == 6

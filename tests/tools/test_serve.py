@@ -383,20 +383,25 @@ def test_analyze_an_upload(server: str, tmp_path: Path) -> None:
     assert (v["uri"], v["status"], v["windows"], v["width"], v["height"], v["duration_s"]) == (
         "upload:clip.mp4", "ok", 1, 96, 64, 3.0)
     assert v["tasks"] == "caption,count:person,track:person"
-    # Every list holds rows in exactly the shape of the batch table of the same name.
-    for table in ("captions", "counts", "points", "tracks", "answers", "video_counts", "errors"):
-        assert isinstance(body[table], list)
+    # Every list holds rows in exactly the shape of the batch table of the same name; what the seeded random
+    # tiny model writes is fixed: no tag anywhere (no points, no tracks, no answers asked), every answer cut at
+    # max_new_tokens=12, the count answer's first number read as its count.
+    assert list(v) == TABLES["videos"].names
+    assert {k: len(body[k]) for k in ("captions", "counts", "points", "tracks", "answers", "video_counts", "errors")} == {
+        "captions": 1, "counts": 1, "points": 0, "tracks": 0, "answers": 0, "video_counts": 2, "errors": 0}
+    for table in ("captions", "counts", "video_counts"):
         for row in body[table]:
             assert list(row) == TABLES[table].names, table
-    assert list(v) == TABLES["videos"].names
     (cap,) = body["captions"]
-    assert cap["caption"] and cap["prompt"] == "Describe this video in detail." and 0 < cap["generated_tokens"] <= 12
-    assert cap["frames_used"] == 6 and cap["video_id"] == v["video_id"] and cap["run_id"].startswith("serve-")
+    assert cap["caption"] and cap["prompt"] == "Describe this video in detail."
+    assert (cap["frames_used"], cap["generated_tokens"], cap["truncated"]) == (6, 12, True)
+    assert cap["video_id"] == v["video_id"] and cap["run_id"].startswith("serve-")
     (count,) = body["counts"]
-    assert count["query"] == "person" and count["count_method"] in ("points", "text_number", "none")
-    assert {(r["task"], r["query"]) for r in body["video_counts"]} == {("count", "person"), ("track", "person")}
-    assert all(r["query"] == "person" for r in body["tracks"])
-    assert body["errors"] == [] and body["timings"]["model_s"] > 0
+    assert (count["query"], count["parse_status"], count["count_method"], count["count"]) == (
+        "person", "truncated", "text_number", 424)
+    assert sorted((r["task"], r["query"], r["distinct_objects"], r["max_window_count"], r["windows"])
+                  for r in body["video_counts"]) == [("count", "person", None, 424, 1), ("track", "person", None, 0, 1)]
+    assert body["timings"]["model_s"] > 0
     # The same bytes get the same video_id (content-addressed uploads).
     again = requests.post(server + "/v1/analyze", files={"file": ("clip.mp4", video.read_bytes(), "video/mp4")},
                           data={"tasks": '["caption"]'}, headers=AUTH, timeout=120)

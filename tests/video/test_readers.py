@@ -39,3 +39,12 @@ def test_skipping_unsampled_frames_changes_no_pixel(clip: Path, threads: int) ->
         assert np.array_equal(a, b) and np.array_equal(ta, tb)
     # The point of it: fewer frames went through the decoder (the non-reference B-frames not sampled).
     assert skipping.decoded < full.decoded, (skipping.decoded, full.decoded)
+
+
+@pytest.mark.parametrize(("rotation", "display"), [(0, (64, 48)), (90, (48, 64)), (180, (64, 48)), (270, (48, 64))])
+def test_probe_reports_the_display_size_the_decoder_turns_frames_to(tmp_path: Path, rotation: int,
+                                                                    display: tuple[int, int]) -> None:
+    video = write_video(tmp_path / "r.mp4", SampleSpec("r", 1.0, fps=4.0, width=64, height=48, seed=2, rotation=rotation))
+    probe = probe_video(str(video))
+    assert (probe.coded_width, probe.coded_height, probe.rotation) == (64, 48, rotation)
+    assert (probe.width, probe.height) == display  # what points are scaled to (pipeline.results.grounding)
