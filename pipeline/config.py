@@ -162,6 +162,14 @@ class ModelConfig(ConfigSection):
             "a local directory, or an s3:// prefix copied to local disk once per node."
         ),
     )
+    model_name: str | None = Field(
+        None,
+        description=(
+            "A stable name for these weights in work keys (default: --model itself). Give the same name when "
+            "the same checkpoint moves (a disk to a bucket, one bucket to another) so its finished work is not "
+            "redone; a different checkpoint needs a different name."
+        ),
+    )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of --model.")
     device: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="'auto' uses the GPU Ray assigned to the actor, else the CPU."

@@ -155,3 +155,4 @@ def check_model_reachable(model: str, endpoint_url: str | None, *, revision: str
                               f"download it first (`hf download {model}`), unset HF_HUB_OFFLINE, or pass a local "
                               "directory")
         check_molmo2_config(_load_config_json(Path(cached).read_bytes, model), model)
+

@@ -19,7 +19,6 @@ there too), and an empty input, which is not a configuration error: the run prin
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from pathlib import Path
 
@@ -79,11 +78,9 @@ def _probe_local(root: Path, probe_name: str, shown: str, fix: str) -> None:
     if existing is not None and not existing.is_dir():
         where = "is a file" if existing == root else f"is under the file {existing}"
         raise ConfigError(f"--output {shown} {where}, not a folder; {fix}")
-    created: list[Path] = []
     try:
-        for folder in reversed([p for p in (root, *root.parents) if not p.exists()]):
-            folder.mkdir()
-            created.append(folder)
+        # The folder stays (the run writes there next); `exist_ok`: runs starting together race to create it.
+        root.mkdir(parents=True, exist_ok=True)
         probe = root / probe_name
         with open(probe, "xb") as fh:
             fh.write(b"molmo-batch write probe\n")
@@ -92,10 +89,6 @@ def _probe_local(root: Path, probe_name: str, shown: str, fix: str) -> None:
         reason = exc.strerror or type(exc).__name__
         raise ConfigError(_one_line(f"--output {shown} is not writable ({reason}: "
                                     f"{exc.filename or root}); {fix}")) from None
-    finally:
-        for folder in reversed(created):  # leave nothing behind: the run makes its folders itself
-            with contextlib.suppress(OSError):
-                folder.rmdir()
 
 
 def no_videos_message(config: RunConfig) -> str:

@@ -115,7 +115,7 @@ def host_settings(config: RunConfig, tasks: Sequence[Task]) -> HostSettings:
 def work_settings(config: RunConfig, frame_size: int | None) -> WorkSettings:
     """The settings that change answers, the part of every work key that is not the task."""
     return WorkSettings(
-        model_id=config.model.model,
+        model_id=config.model.model_name or config.model.model,
         revision=config.model.revision,
         sampling_mode=config.sampling.sampling_mode,
         num_frames=config.sampling.num_frames,

@@ -187,6 +187,7 @@ def test_nightly_captions_two_nights(seaweed: SeaweedServer, ray_head: RayHead, 
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 10)
     seaweed.upload(broken, f"{videos}/broken.mp4")
     job = ["-m", "jobs.nightly_captions", "--input", videos, "--output", out, "--window-s", "10", "--overlap-s", "1",
+           "--model-name", "tiny-molmo2",  # the same weights on night 2 come from the bucket: the same model
            *FAST]
 
     # Night 1, locally, endpoint from the command line: two good videos and a broken one -> exit 3 (partial).
