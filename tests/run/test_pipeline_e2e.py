@@ -90,7 +90,9 @@ def test_captions_end_to_end(ray_local: None, tiny_model_dir: Path, sample_video
 
 def _assert_schemas(out: Path, tables: list[str]) -> None:
     """Exactly these tables were written, each with exactly its declared columns, in order, and types."""
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(tables)
+    # Table folders; `_writers/` holds the writers' leases and the commit lock (readers skip `_` names).
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and p.name != "_writers") == sorted(tables)
+    assert (out / "_writers" / "leases").is_dir() and not list((out / "_writers" / "leases").iterdir())
     for table in tables:
         ds = pads.dataset(str(out / table), format="parquet", partitioning="hive")
         written = [(f.name, f.type) for f in ds.schema if f.name != "run_date"]
