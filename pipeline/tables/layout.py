@@ -205,6 +205,16 @@ def drop_uncommitted(
 # -- writing ---------------------------------------------------------------------------------------
 
 
+def _write_synced(path: str, payload: bytes) -> None:
+    """Write a new local file (its folder created as needed) and fsync it: it is on disk before it is renamed
+    or linked into place."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(payload)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 class ConditionalWriteUnsupported(MolmoBatchError, RuntimeError):
     """The store cannot create a file only when it is absent, so concurrent writers cannot be kept apart."""
 
@@ -218,14 +228,9 @@ def create_exclusive(fs: Any, path: str, payload: bytes) -> bool:
     `ConditionalWriteUnsupported`, one that silently ignores it is caught by `probe_conditional_create`.
     """
     if is_local(fs):
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
         tmp = temporary_path(path)
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(payload)
-                fh.flush()
-                os.fsync(fh.fileno())
+            _write_synced(tmp, payload)
             try:
                 os.link(tmp, path)
             except FileExistsError:
@@ -279,13 +284,9 @@ def atomic_write(fs: Any, path: str, payload: bytes) -> None:
         fs.pipe_file(path, payload)
         return
     folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
     tmp = temporary_path(path)
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
+        _write_synced(tmp, payload)
         os.replace(tmp, path)  # atomic on POSIX: readers see the whole file or none
     finally:
         with contextlib.suppress(FileNotFoundError):
