@@ -13,7 +13,7 @@ inside real Ray workers (which is where the code under test runs):
 - `MOLMO_BATCH_TEST_DECODE_CRASH_ON=SUBSTRING`: a decode task kills its process whenever it is about to
   decode a video whose URI contains SUBSTRING (a poison file: it must end as a `DecoderCrashed` row).
 - `MOLMO_BATCH_TEST_EVENTS=DIR`: components touch `DIR/<event>` files when they reach a point a test
-  waits for (`infer-call`, `flush-data-written`, `flush-committed`).
+  waits for (`window-decoded`, `infer-call`, `flush-data-written`, `flush-committed`).
 - `MOLMO_BATCH_TEST_FLUSH_PAUSE_S=S[,S2,...]`: the sink sleeps S seconds between writing a part's data
   files and its `videos` commit file (S2 for the second part, ...; the last value repeats), so a test
   can kill the driver mid-flush.

@@ -31,8 +31,17 @@ from pipeline.run.graph import build_dataset
 from pipeline.run.record import now_utc, runs_row, write_runs_row
 from pipeline.run.resources import ClusterInfo, unmet_needs
 from pipeline.run.summary import VIDEO_STATUSES, RunSummary, new_run_id, run_date_for
-from pipeline.source.listing import list_videos
 from pipeline.source.refs import SourceError, VideoRef
+from pipeline.source.stream import (
+    ListingCounts,
+    keep_selected,
+    listing_counts,
+    new_tally,
+    ref_of,
+    skip_done,
+    video_dataset,
+    watch_listing,
+)
 from pipeline.tables.sink import TableSink
 
 log = logging.getLogger("pipeline")
@@ -60,6 +69,8 @@ class RunDriver:
     run record). `run()` does all three; a job may call them one by one.
 
     `video_filter` (optional) keeps only the listed videos it returns True for (a job's own selection).
+    It runs in the Ray tasks that list (so it must be picklable); the videos it left out are passed to it
+    once more on the driver after the stream (the first 10,000), so a job can report them.
     """
 
     def __init__(
@@ -75,7 +86,8 @@ class RunDriver:
         self.run_date = run_date_for(self.run_id)
         self.summary = RunSummary(run_id=self.run_id, output=config.output.output)
         self.tasks: list[Task] = []
-        self.todo: list[VideoRef] = []
+        self.refs: Any = None  # the videos to process: a Ray Data Dataset of VideoRef rows, listed as it streams
+        self.tally: Any = None  # pipeline.source.stream.ListingTally: what the listing saw
         self.sink: TableSink | None = None
 
     def run(self) -> RunSummary:
@@ -87,8 +99,9 @@ class RunDriver:
     # -- prepare -----------------------------------------------------------------------------------
 
     def prepare(self) -> bool:
-        """Check the config and the model, list the input, skip what is committed. True if work remains."""
-        config, echo, summary = self.config, self.echo, self.summary
+        """Check the config and the model, start Ray, set up the listing (it streams: nothing is listed
+        here but a few first pages) and what is committed. True: stream() has work to look for."""
+        config, echo = self.config, self.echo
         install_log_redaction()
         settings.check_ready(config)
         self.tasks = settings.tasks_of(config)
@@ -97,9 +110,11 @@ class RunDriver:
             check_model_reachable(config.model.model, endpoint)
         except ConfigError as exc:
             raise ConfigError(redact(exc)) from None
-        refs = self._list()
-        summary.videos_listed = len(refs)
-        summary.input_objects = len({r.source_url or r.uri for r in refs})
+        # -- listing (streamed: pipeline.source.stream) --------------------------------------------------
+        _init_ray(config)  # first: the listing runs in Ray tasks while the run works
+        self.tally = new_tally(limit=config.source.max_videos)
+        self.refs = self._list()
+        # ------------------------------------------------------------------------------------------------
 
         sink = TableSink(config.output.output, run_date=self.run_date, endpoint_url=endpoint, retry=self.storage_retry)
         self.sink = sink
@@ -107,35 +122,47 @@ class RunDriver:
         if removed:
             echo(f"recovered: removed {removed} uncommitted part file(s) left by an interrupted run")
         done = sink.done_video_ids()
+        retried: set[str] = set()
         retry = set(config.output.retry_statuses)
         if retry:  # done = has a committed row whose status is not retried; the others are processed again
             keep = [s for s in VIDEO_STATUSES if s not in retry]
             committed, done = done, sink.done_video_ids(statuses=keep)
-            summary.videos_retried = sum(1 for r in refs if r.video_id in committed and r.video_id not in done)
-            if summary.videos_retried:
-                echo(f"retrying {summary.videos_retried} video(s) whose status was {' or '.join(sorted(retry))}")
-        self.todo = [r for r in refs if r.video_id not in done]
-        summary.videos_skipped = len(refs) - len(self.todo)
-        echo(f"run {self.run_id}: {len(refs)} video(s) listed under {config.source.input}, {len(self.todo)} to process")
-        return bool(self.todo)
+            retried = committed - done
+        # -- listing: the done set, a filter step of the stream (the ids are broadcast once) ---------------
+        self.refs = skip_done(self.refs, self.tally, done, retried)
+        echo(f"run {self.run_id}: listing {config.source.input} as the run goes (counts once it is complete)")
+        # ------------------------------------------------------------------------------------------------
+        return True
 
-    def _list(self) -> list[VideoRef]:
+    def _list(self) -> Any:
+        """The input's videos as a lazy Dataset (a bad input is a ConfigError now, before anything runs)."""
         config = self.config
         try:
-            refs = list_videos(
-                config.source.input,
-                include=config.source.include,
-                exclude=config.source.exclude,
-                endpoint_url=config.source.s3_endpoint_url,
-                max_videos=config.source.max_videos,
-                manifest_uri_column=config.source.manifest_uri_column,
-                retry=self.storage_retry,
-            )
+            refs = video_dataset(config.source, retry=self.storage_retry, tally=self.tally)
         except SourceError as exc:
             raise ConfigError(redact(exc)) from None
+        return keep_selected(refs, self.tally, self.video_filter)
+
+    def _listing_complete(self, counts: ListingCounts, progress: RunProgress) -> None:
+        """Say what the listing found, once it is complete (from the listing watch's thread)."""
+        config = self.config
+        if counts.retried:
+            statuses = " or ".join(sorted(config.output.retry_statuses))
+            self.echo(f"retrying {counts.retried} video(s) whose status was {statuses}")
+        self.echo(f"run {self.run_id}: {counts.listed} video(s) listed under {config.source.input}, "
+                  f"{counts.to_process} to process")
+        progress.total_videos = counts.to_process
+
+    def _count_listing(self, counts: ListingCounts) -> None:
+        """The listing's totals into the summary; the videos a job's filter left out go back to it."""
+        summary = self.summary
+        summary.videos_listed = counts.listed
+        summary.input_objects = counts.input_objects
+        summary.videos_skipped = counts.skipped
+        summary.videos_retried = counts.retried
         if self.video_filter is not None:
-            refs = [r for r in refs if self.video_filter(r)]
-        return refs
+            for row in counts.rejected_refs:
+                self.video_filter(ref_of(row))
 
     # -- stream ------------------------------------------------------------------------------------
 
@@ -166,15 +193,17 @@ class RunDriver:
         # pipeline.observe.progress.RunProgress replaces Ray Data's bars (two live displays garble a terminal).
         data_ctx.enable_progress_bars = False
         cluster = ClusterInfo.from_ray_nodes(ray.nodes())  # the alive nodes, each with its resources
-        plan = settings.resource_plan(config, cluster, num_videos=len(self.todo))
+        # The listing streams: how many videos is not known yet (blocks follow the videos, graph.py).
+        plan = settings.resource_plan(config, cluster, num_videos=config.source.max_videos or 2**31 - 1)
         summary.plan = plan.describe()
         echo(cluster.describe())
         echo(f"plan: {plan.describe()}")
         for warning in plan.warnings:
             echo(f"warning: {warning}")
-        ds = build_dataset(self.todo, decode_settings, host_settings, plan, stall_timeout_s=config.ray.stall_timeout_s)
+        ds = build_dataset(self.refs, decode_settings, host_settings, plan, stall_timeout_s=config.ray.stall_timeout_s)
         collector = VideoCollector(num_tasks=len(tasks))
-        progress = RunProgress(config.ray.progress, len(self.todo), num_tasks=len(tasks))
+        progress = RunProgress(config.ray.progress, 0, num_tasks=len(tasks))  # the total comes with the listing
+        listing = watch_listing(self.tally, lambda counts: self._listing_complete(counts, progress))
         call_latencies: set[float] = set()  # one value per model call (see observe.metrics.generate_seconds)
         taken: dict[str, set[tuple[Any, ...]]] = defaultdict(set)  # rows already taken, per unfinished video
         finished_ids: set[str] = set()
@@ -208,6 +237,12 @@ class RunDriver:
                 summary.write_s += time.perf_counter() - t_collect
         except Exception as exc:  # the stream broke (a Ray failure, storage down past its budget, ...)
             stream_error = exc
+        # -- listing: its totals, now that the stream ended ------------------------------------------------
+        counts = listing_counts(self.tally)
+        if not listing.stop() and stream_error is None:
+            self._listing_complete(counts, progress)
+        self._count_listing(counts)
+        # ------------------------------------------------------------------------------------------------
         t_collect = time.perf_counter()
         try:
             # What finished is committed even when the stream broke: a rerun then redoes only the rest.
@@ -236,8 +271,8 @@ class RunDriver:
         leftover = collector.drain()
         # Videos that never reached the collector: their decode or model block failed past Ray's bounded
         # retries (max_errored_blocks lets the run go on). Nothing of them is written; a rerun processes them.
-        missing = [r for r in self.todo if r.video_id not in finished_ids and r.video_id not in leftover]
-        incomplete = len(leftover) + len(missing)
+        missing = max(0, counts.to_process - len(finished_ids) - len(leftover))
+        incomplete = len(leftover) + missing
         if incomplete:  # the stream ended without some windows: never write half a video
             echo(f"warning: {incomplete} video(s) incomplete at the end of the stream; a rerun processes them")
             summary.failed += incomplete
