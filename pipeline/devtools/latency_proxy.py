@@ -183,9 +183,10 @@ class LatencyProxy:
 
         async def close() -> None:
             server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            open_connections = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in open_connections:
+                task.cancel()
+            await asyncio.gather(*open_connections, return_exceptions=True)
 
         with contextlib.suppress(RuntimeError):
             asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=5)

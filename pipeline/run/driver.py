@@ -34,12 +34,13 @@ from pipeline.run.summary import VIDEO_STATUSES, RunSummary, new_run_id, run_dat
 from pipeline.source.refs import SourceError, VideoRef
 from pipeline.source.stream import (
     ListingCounts,
+    ListingPlan,
     keep_selected,
     listing_counts,
     new_tally,
+    plan_listing,
     ref_of,
     skip_done,
-    video_dataset,
     watch_listing,
 )
 from pipeline.tables.sink import TableSink
@@ -111,9 +112,10 @@ class RunDriver:
         except ConfigError as exc:
             raise ConfigError(redact(exc)) from None
         # -- listing (streamed: pipeline.source.stream) --------------------------------------------------
-        _init_ray(config)  # first: the listing runs in Ray tasks while the run works
+        listing = self._plan_listing()  # a bad input fails here (exit 2), before Ray starts
+        _init_ray(config)  # then Ray, before any listing work: the listing runs in Ray tasks as the run goes
         self.tally = new_tally(limit=config.source.max_videos)
-        self.refs = self._list()
+        self.refs = keep_selected(listing.dataset(self.tally), self.tally, self.video_filter)
         # ------------------------------------------------------------------------------------------------
 
         sink = TableSink(config.output.output, run_date=self.run_date, endpoint_url=endpoint, retry=self.storage_retry)
@@ -134,14 +136,12 @@ class RunDriver:
         # ------------------------------------------------------------------------------------------------
         return True
 
-    def _list(self) -> Any:
-        """The input's videos as a lazy Dataset (a bad input is a ConfigError now, before anything runs)."""
-        config = self.config
+    def _plan_listing(self) -> ListingPlan:
+        """The input checked and split into listing tasks (a few requests; a bad input is a ConfigError)."""
         try:
-            refs = video_dataset(config.source, retry=self.storage_retry, tally=self.tally)
+            return plan_listing(self.config.source, retry=self.storage_retry)
         except SourceError as exc:
             raise ConfigError(redact(exc)) from None
-        return keep_selected(refs, self.tally, self.video_filter)
 
     def _listing_complete(self, counts: ListingCounts, progress: RunProgress) -> None:
         """Say what the listing found, once it is complete (from the listing watch's thread)."""

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from braceexpand import braceexpand
+from fsspec.spec import AbstractBufferedFile
 
 from pipeline.io.retry import DEFAULT_POLICY, RetryPolicy, retry_call
 from pipeline.io.storage import full_url, get_fs
@@ -59,12 +60,16 @@ def _split_key(name: str) -> tuple[str, str]:
     return key, (dot + ext).lower()
 
 
-def _open_forward(fs: Any, path: str, size: int) -> Any:
-    """The shard opened for one forward pass: read-ahead blocks, and no second HEAD for its size."""
+def _open_forward(fs: Any, path: str, info: dict[str, Any]) -> Any:
+    """The shard opened for one forward pass: read-ahead blocks, and no second HEAD (the file is given
+    the HEAD's answer; s3fs then reads with If-Match on that ETag, so a shard rewritten mid-pass fails)."""
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol in ("file", "local"):
         return fs.open(path, "rb")
-    return fs.open(path, "rb", block_size=READ_BLOCK_BYTES, cache_type="readahead", size=size)
+    fh = fs.open(path, "rb", block_size=READ_BLOCK_BYTES, cache_type="readahead", size=int(info.get("size") or 0))
+    if isinstance(fh, AbstractBufferedFile):  # (not hasattr: reading `details` is the HEAD it spares)
+        fh.details = info
+    return fh
 
 
 def index_shard(
@@ -88,7 +93,7 @@ def index_shard(
     order: list[str] = []
     failure: str | None = None
     try:
-        with _open_forward(fs, path, shard_size) as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
+        with _open_forward(fs, path, info) as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
             while True:
                 try:
                     member = tar.next()

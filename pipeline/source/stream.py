@@ -371,67 +371,13 @@ def _jobs_dataset(jobs: Sequence[_UnitJob | _ShardJob], name: str, tally: Any) -
     if not jobs:
         return ray.data.from_arrow(REF_SCHEMA.empty_table())
     return ray.data.read_datasource(
-        RefsDatasource(),
-        override_num_blocks=len(jobs),
-        num_cpus=LISTING_CPUS,
-        concurrency=min(LISTING_TASKS, len(jobs)),
+        RefsDatasource(), override_num_blocks=len(jobs), num_cpus=LISTING_CPUS, concurrency=min(LISTING_TASKS, len(jobs))
     )
-
-
-def _prefix_dataset(source: SourceConfig, retry: RetryPolicy, tally: Any, page_size: int) -> Any:
-    lister = Lister(source.input, source.s3_endpoint_url, retry, page_size=page_size)
-    limit = source.max_videos
-    units = plan_units(lister, max_levels=1 if limit else PLAN_LEVELS)
-    base = listing_base(lister, units)
-    if limit and units and base == lister.root:  # a folder (not one file): the first N in key order
-        units = [TreeUnit(lister.root)]  # one task, stopping after the first N matches
-    include, exclude = tuple(source.include), tuple(source.exclude)
-    jobs = [_UnitJob(lister, u, base, include, exclude, limit) for u in units]
-    return _jobs_dataset(jobs, "ListVideos", tally)
-
-
-
-def _shards_dataset(source: SourceConfig, retry: RetryPolicy, tally: Any) -> Any:
-    urls = shards.expand_shards(source.input, source.s3_endpoint_url)
-    if not urls:
-        raise SourceError(f"no shards match {source.input}")
-    suffixes = tuple(shards.video_suffixes(source.include))
-    endpoint, limit = source.s3_endpoint_url, source.max_videos
-    if limit:
-        jobs = [_ShardJob(tuple(urls), suffixes, endpoint, retry, limit)]
-    else:
-        jobs = [_ShardJob((u,), suffixes, endpoint, retry) for u in urls]
-    return _jobs_dataset(jobs, "IndexShards", tally)
 
 
 def _manifest_refs(batch: pa.Table, uri_column: str, endpoint_url: str | None, retry: RetryPolicy) -> pa.Table:
     rows = batch.to_pylist()
     return refs_table(manifest.refs_from_rows(rows, uri_column=uri_column, endpoint_url=endpoint_url, retry=retry))
-
-
-def _manifest_dataset(source: SourceConfig, retry: RetryPolicy, tally: Any) -> Any:
-    import ray
-
-    from pipeline.io.storage import get_fs
-
-    url, column, endpoint = source.input, source.manifest_uri_column, source.s3_endpoint_url
-    manifest.check_manifest(url, uri_column=column, endpoint_url=endpoint)
-    fs, path = get_fs(url, endpoint)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    where: dict[str, Any] = {} if protocol in ("file", "local") else {"filesystem": fs}
-    kind = manifest.manifest_format(url)
-    reader = {"parquet": ray.data.read_parquet, "csv": ray.data.read_csv, "json": ray.data.read_json}[kind]
-    rows = reader(path, file_extensions=None, **where)
-    if tally is not None:
-        _count_in_background(rows, tally)
-    if source.max_videos:
-        rows = rows.limit(source.max_videos)  # before any lookup: only these rows are ever read further
-    return rows.map_batches(
-        _manifest_refs,
-        fn_kwargs={"uri_column": column, "endpoint_url": endpoint, "retry": retry},
-        batch_format="pyarrow",
-        batch_size=None,
-    )
 
 
 def _count_in_background(rows: Any, tally: Any) -> None:
@@ -446,25 +392,90 @@ def _count_in_background(rows: Any, tally: Any) -> None:
     threading.Thread(target=count, name="manifest-count", daemon=True).start()
 
 
+class ListingPlan:
+    """An input checked and split on the driver (a few requests, no Ray): `dataset()` is the stream.
+
+    Raises (from the constructor):
+        SourceError: the input does not exist, cannot be listed, matches no shard, or a manifest lacks
+            its URI column.
+    """
+
+    def __init__(self, source: SourceConfig, *, retry: RetryPolicy = DEFAULT_POLICY, page_size: int = KEYS_PER_REQUEST) -> None:
+        self.source = source
+        self.retry = retry
+        self.jobs: list[_UnitJob | _ShardJob] = []
+        self.kind = (
+            "manifest" if manifest.is_manifest_input(source.input) else "shards" if shards.is_shard_input(source.input) else "prefix"
+        )
+        limit = source.max_videos
+        if self.kind == "manifest":
+            manifest.check_manifest(source.input, uri_column=source.manifest_uri_column, endpoint_url=source.s3_endpoint_url)
+        elif self.kind == "shards":
+            urls = shards.expand_shards(source.input, source.s3_endpoint_url)
+            if not urls:
+                raise SourceError(f"no shards match {source.input}")
+            suffixes = tuple(shards.video_suffixes(source.include))
+            groups = [tuple(urls)] if limit else [(u,) for u in urls]  # --max-videos: in order, until N members
+            self.jobs = [_ShardJob(g, suffixes, source.s3_endpoint_url, retry, limit) for g in groups]
+        else:
+            lister = Lister(source.input, source.s3_endpoint_url, retry, page_size=page_size)
+            units = plan_units(lister, max_levels=1 if limit else PLAN_LEVELS)
+            base = listing_base(lister, units)
+            if limit and units and base == lister.root:  # a folder (not one file): the first N in key order
+                units = [TreeUnit(lister.root)]  # one task, stopping after the first N matches
+            include, exclude = tuple(source.include), tuple(source.exclude)
+            self.jobs = [_UnitJob(lister, u, base, include, exclude, limit) for u in units]
+
+    def dataset(self, tally: Any = None) -> Any:
+        """The videos as a lazy Ray Data Dataset of VideoRef rows (REF_SCHEMA), listed in Ray tasks as the
+        stream is consumed; `tally` (a `new_tally()` actor) counts them. Needs Ray started."""
+        source = self.source
+        if self.kind == "manifest":
+            ds = self._manifest_dataset(tally)
+        else:
+            ds = _jobs_dataset(self.jobs, "IndexShards" if self.kind == "shards" else "ListVideos", tally)
+        if source.max_videos:
+            ds = ds.limit(source.max_videos)
+        if tally is not None:
+            ds = ds.map_batches(_count_listed, fn_kwargs={"tally": tally}, batch_format="pyarrow", batch_size=None)
+        return ds
+
+    def _manifest_dataset(self, tally: Any) -> Any:
+        import ray
+
+        from pipeline.io.storage import get_fs
+
+        source = self.source
+        fs, path = get_fs(source.input, source.s3_endpoint_url)
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        where: dict[str, Any] = {} if protocol in ("file", "local") else {"filesystem": fs}
+        reader = {"parquet": ray.data.read_parquet, "csv": ray.data.read_csv, "json": ray.data.read_json}[
+            manifest.manifest_format(source.input)
+        ]
+        rows = reader(path, file_extensions=None, **where)
+        if tally is not None:
+            _count_in_background(rows, tally)
+        if source.max_videos:
+            rows = rows.limit(source.max_videos)  # before any lookup: only these rows are ever read further
+        return rows.map_batches(
+            _manifest_refs,
+            fn_kwargs={"uri_column": source.manifest_uri_column, "endpoint_url": source.s3_endpoint_url, "retry": self.retry},
+            batch_format="pyarrow",
+            batch_size=None,
+        )
+
+
+def plan_listing(source: SourceConfig, *, retry: RetryPolicy = DEFAULT_POLICY, page_size: int = KEYS_PER_REQUEST) -> ListingPlan:
+    """Check `source` and split it into listing tasks, on the driver, before Ray starts (see ListingPlan)."""
+    return ListingPlan(source, retry=retry, page_size=page_size)
+
+
 def video_dataset(
     source: SourceConfig, *, retry: RetryPolicy = DEFAULT_POLICY, tally: Any = None, page_size: int = KEYS_PER_REQUEST
 ) -> Any:
-    """The videos of `source` as a lazy Ray Data Dataset of VideoRef rows (REF_SCHEMA), listed in Ray
-    tasks as the stream is consumed; `tally` (a `new_tally()` actor) counts them; `page_size`: keys per
-    listing request of a folder/prefix.
+    """The videos of `source` as a lazy Ray Data Dataset of VideoRef rows: `plan_listing(...).dataset(tally)`.
 
     Raises:
-        SourceError: the input does not exist, cannot be listed, or a manifest lacks its URI column
-            (checked here, on the driver, with a few requests).
+        SourceError: see ListingPlan.
     """
-    if manifest.is_manifest_input(source.input):
-        ds = _manifest_dataset(source, retry, tally)
-    elif shards.is_shard_input(source.input):
-        ds = _shards_dataset(source, retry, tally)
-    else:
-        ds = _prefix_dataset(source, retry, tally, page_size)
-    if source.max_videos:
-        ds = ds.limit(source.max_videos)
-    if tally is not None:
-        ds = ds.map_batches(_count_listed, fn_kwargs={"tally": tally}, batch_format="pyarrow", batch_size=None)
-    return ds
+    return plan_listing(source, retry=retry, page_size=page_size).dataset(tally)

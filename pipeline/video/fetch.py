@@ -16,6 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+from fsspec.spec import AbstractBufferedFile
+
 from pipeline.io.retry import DEFAULT_POLICY, RetryPolicy, StorageUnavailable, retry_call
 from pipeline.io.storage import get_fs
 from pipeline.video.errors import AccessDenied, Deadline, EmptyVideo, ObjectMissing, VideoTooLarge
@@ -34,8 +36,10 @@ def _copy_range(fs: Any, path: str, dest: str, offset: int, length: int, chunk: 
     copied = 0
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     # A known range needs no HEAD for the object's size: the read stops at the range's end anyway.
-    known = {"size": offset + length} if length >= 0 and protocol not in ("file", "local") else {}
-    with fs.open(path, "rb", **known) as src, open(dest, "wb") as out:
+    known = length >= 0 and protocol not in ("file", "local")
+    with fs.open(path, "rb", **({"size": offset + length} if known else {})) as src, open(dest, "wb") as out:
+        if known and isinstance(src, AbstractBufferedFile):  # (not hasattr: reading `details` is a HEAD)
+            src.details = {"name": path, "size": offset + length}  # else the first read asks for them (a HEAD)
         src.seek(offset)
         while length < 0 or copied < length:
             data = src.read(chunk if length < 0 else min(chunk, length - copied))
