@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from pipeline.cli import add_config_flags
+from pipeline.cli import add_config_flags, config_error_line
 from pipeline.config import (
     SECTIONS,
     ConfigError,
@@ -30,6 +30,7 @@ from pipeline.config import (
     merge_flags,
 )
 from pipeline.errors import PipelineError
+from pipeline.io.secrets import redact_data
 from pipeline.io.storage import get_fs
 from pipeline.run.summary import EXIT_CONFIG, EXIT_FAILED
 from pipeline.tables import layout
@@ -121,9 +122,10 @@ def resolve(
 
 
 def print_config(config: RunConfig, section: str, job: Mapping[str, Any]) -> None:
+    """The resolved config as YAML, credentials masked (`pipeline.io.secrets.redact_data`)."""
     import yaml
 
-    print(yaml.safe_dump({**config.public_dict(), section: dict(job)}, sort_keys=False))
+    print(yaml.safe_dump({**config.public_dict(), section: redact_data(dict(job))}, sort_keys=False))
 
 
 def run_main(body: Callable[[], int]) -> int:
@@ -131,7 +133,7 @@ def run_main(body: Callable[[], int]) -> int:
     try:
         return body()
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        print(config_error_line(exc), file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -40,7 +40,7 @@ OPTIONS = (
     JobOption(
         "extra_tasks",
         "Tasks to run besides caption (comma-separated: count:<noun>, point:<noun>, track:<noun>, "
-        "ask:<question>). Videos done on earlier nights do not get newly added tasks.",
+        "ask:<question>). Videos done on earlier nights get a newly added task: only that task runs for them.",
         default=[],
         type=csv_list,
         metavar="A,B,...",

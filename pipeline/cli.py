@@ -27,6 +27,7 @@ from pipeline.config import (
     config_from_flags,
     load_yaml,
 )
+from pipeline.io.secrets import redact
 from pipeline.model.molmo2 import FRAME_SIZE
 
 
@@ -164,7 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ----- The tools' subcommands: `query`, `render`, `plan`, `serve` (each module has its own `command`) -----
 # The parsers live here; each command's work is `command(args)` in its own module, imported on use.
-TOOL_COMMANDS = {"query": "pipeline.tools.query", "render": "pipeline.tools.render", "plan": "pipeline.tools.estimate", "serve": "pipeline.tools.serve.app"}
+TOOL_COMMANDS = {
+    "query": "pipeline.tools.query",
+    "render": "pipeline.tools.render",
+    "plan": "pipeline.tools.estimate",
+    "serve": "pipeline.tools.serve.app",
+    "writers": "pipeline.tools.writers",
+}
 
 
 # The run config's fields `plan` and `serve` take (same flags, same defaults as `run`).
@@ -201,6 +208,8 @@ def _add_tool_commands(sub: Any) -> None:
     q.add_argument("--output", help="Where a run wrote its tables: a folder, file:// or s3://BUCKET/PREFIX.")
     q.add_argument("--named", metavar="NAME", help="Run a ready-made query instead of SQL (see --list).")
     q.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="A named query's parameter.")
+    q.add_argument("--views-sql", action="store_true",
+                   help="Print DuckDB CREATE VIEW statements that show committed rows only (for duckdb .read).")
     q.add_argument("--list", action="store_true", help="List the named queries and their parameters.")
     q.add_argument("--format", choices=["table", "csv", "json", "jsonl", "parquet"], default="table",
                    help="Output format (default: a table on the terminal).")
@@ -209,6 +218,16 @@ def _add_tool_commands(sub: Any) -> None:
     q.add_argument("--include-uncommitted", action="store_true",
                    help="Also read part files without their videos commit record (interrupted or ongoing flushes).")
     q.add_argument("--s3-endpoint-url", help=s3)
+
+    w = sub.add_parser(
+        "writers",
+        help="List the runs and jobs writing to an output (their leases); end a dead one's lease.",
+        description="Every writer on an output holds a lease it renews while alive (pipeline/tables/leases.py). "
+        "--end RUN_ID ends a lease at once: only for a writer you know is dead.",
+    )
+    w.add_argument("--output", required=True, help="The output folder or s3:// prefix.")
+    w.add_argument("--end", metavar="RUN_ID", help="End this writer's lease now (operator override).")
+    w.add_argument("--s3-endpoint-url", help=s3)
 
     r = sub.add_parser(
         "render",
@@ -263,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             config = config_from_args(args)
-            if args.print_config:
+            if args.print_config:  # credentials in URLs and secret-named values are masked (public_dict)
                 import yaml
 
                 print(yaml.safe_dump(config.public_dict(), sort_keys=False))
@@ -277,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             except PipelineError as exc:  # the run broke (a node, the store): what finished is committed
                 print(f"error: {exc}", file=sys.stderr)
                 return EXIT_FAILED
-            print(summary.render())
+            print(redact(summary.render()))
             return summary.exit_code
         if args.command == "build-tiny-model":
             from pipeline.devtools.tiny_model import build_tiny_molmo2
@@ -289,11 +308,16 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(Path(args.workdir), args.tasks)
         if args.command in TOOL_COMMANDS:
             return _run_tool_command(args)
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # one line that says what to fix, nothing started
+        print(config_error_line(exc), file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def config_error_line(exc: ConfigError) -> str:
+    """The one line a bad configuration prints (credentials masked), for `run`, the tools and the jobs."""
+    return "configuration error: " + " ".join(redact(exc).split())
 
 
 def run_demo(workdir: Path, tasks: str) -> int:

@@ -18,7 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import MolmoBatchError
-from pipeline.results.tasks import parse_task_list
+from pipeline.io.secrets import redact, redact_data
+from pipeline.results.tasks import DEFAULT_TEMPLATES, build_tasks, parse_task_list
 
 VIDEO_GLOBS = ["*.mp4", "*.mov", "*.mkv", "*.webm", "*.avi", "*.m4v", "*.mpg", "*.mpeg", "*.ts"]
 
@@ -28,9 +29,13 @@ class ConfigError(MolmoBatchError, ValueError):
 
 
 class ConfigSection(BaseModel):
-    """One section of settings: a YAML mapping and a group of flags (each field a `--flag`)."""
+    """One section of settings: a YAML mapping and a group of flags (each field a `--flag`).
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    Numbers must be finite (`allow_inf_nan=False`): `--window-s inf` or `nan` is a configuration error,
+    not a run that never ends its first window.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 SectionT = TypeVar("SectionT", bound=ConfigSection)
@@ -228,7 +233,10 @@ class TasksConfig(ConfigSection):
     )
     prompt_templates: dict[str, str] = Field(
         default_factory=dict,
-        description="Override a task's prompt template (keys: caption, count, point, track; '{noun}' is filled in).",
+        description=(
+            "Override a task's prompt template (keys: caption, count, point, track; count, point and track "
+            "templates must contain '{noun}', which is filled in)."
+        ),
     )
 
     @field_validator("tasks", mode="before")
@@ -244,6 +252,30 @@ class TasksConfig(ConfigSection):
         parse_task_list(value)  # raises ValueError with a fix-it message
         return value
 
+    @field_validator("prompt_templates")
+    @classmethod
+    def _templates(cls, value: dict[str, str]) -> dict[str, str]:
+        """Every template is checked, not only those of the tasks asked for now: a YAML file is reused."""
+        kinds = ", ".join(DEFAULT_TEMPLATES)
+        for kind, template in value.items():
+            if kind not in DEFAULT_TEMPLATES:
+                raise ValueError(f"unknown kind {kind!r}: use one of {kinds} (an ask:<question> is its own prompt)")
+            if not template.strip():
+                raise ValueError(f"the {kind!r} template is empty: write the question, e.g. {DEFAULT_TEMPLATES[kind]!r}")
+            needs_noun = "{noun}" in DEFAULT_TEMPLATES[kind]
+            if needs_noun and "{noun}" not in template:
+                raise ValueError(f"the {kind!r} template {template!r} has no '{{noun}}' placeholder: write it where the "
+                                 f"noun goes, e.g. {DEFAULT_TEMPLATES[kind]!r}")
+            if not needs_noun and "{noun}" in template:
+                raise ValueError(f"the {kind!r} template {template!r} has a '{{noun}}' but {kind} takes no noun: "
+                                 "remove it")
+        return value
+
+    @model_validator(mode="after")
+    def _prompts(self) -> TasksConfig:
+        build_tasks(self.tasks, self.prompt_templates)  # the prompts a run will send (ValueError with a fix)
+        return self
+
 
 class OutputConfig(ConfigSection):
     output: str = Field("", description="Where the Parquet tables go: a local folder, file://, s3://BUCKET/PREFIX.")
@@ -257,6 +289,18 @@ class OutputConfig(ConfigSection):
             "Process again the videos whose committed rows all have one of these statuses (e.g. failed); "
             "their earlier rows stay as history and the newest `videos` row per video_id is its current state."
         ),
+    )
+    lease_ttl_s: float = Field(
+        300.0, gt=0,
+        description=(
+            "Other writers on this output presume this run dead this long after its last lease heartbeat "
+            "(every ttl/6); they then delete its uncommitted files and redo its videos. Keep it well above "
+            "clock skew and store outages you want to ride out."
+        ),
+    )
+    commit_lock_ttl_s: float = Field(
+        120.0, gt=0,
+        description="The longest one commit (one part's files) may hold the output's commit lock.",
     )
 
 
@@ -307,8 +351,11 @@ class RunConfig(BaseModel):
             raise ConfigError("no output: pass --output URL or set output.output in YAML")
 
     def public_dict(self) -> dict[str, Any]:
-        """The config as plain data, safe to log and to write into the runs table (no secrets live here)."""
-        return self.model_dump(mode="json")
+        """The config as plain data, safe to print (`--print-config`), log and write into the runs table:
+        credentials in URLs (`http://key:secret@host`, presigned signatures) and secret-named values masked
+        (`pipeline.io.secrets.redact_data`)."""
+        data: dict[str, Any] = redact_data(self.model_dump(mode="json"))
+        return data
 
 
 SECTIONS: dict[str, type[ConfigSection]] = {
@@ -318,15 +365,32 @@ SECTIONS: dict[str, type[ConfigSection]] = {
 
 
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML config file into nested plain data (sections -> fields)."""
+    """Read a YAML config file into nested plain data (sections -> fields); a file that is missing, not
+    UTF-8 or not valid YAML is a one-line ConfigError that says where."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
-    with p.open() as fh:
-        data = yaml.safe_load(fh) or {}
+        raise ConfigError(f"config file {p} does not exist (or is not a file): check the --config path")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {p} is not UTF-8 text (byte {exc.start}: {exc.reason}): save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {p} cannot be read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {_yaml_problem(exc)}; fix the syntax there") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping of sections (source:, model:, ...)")
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """'line L, column C: problem' of a YAML error, in one line."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())
 
 
 def build_config(nested: dict[str, Any]) -> RunConfig:
@@ -355,8 +419,13 @@ def _readable(exc: ValidationError, sections: Mapping[str, type[ConfigSection]],
             section = sections.get(str(loc[0])) if len(loc) > 1 else None
             valid = sorted(section.model_fields) if section else sorted(sections)
             msg = f"unknown setting (check the spelling); valid here: {', '.join(valid)}"
-        lines.append(f"  {where}: {msg}")
-    return ConfigError("invalid configuration:\n" + "\n".join(lines))
+        elif err["type"] == "finite_number":
+            msg = "must be a finite number (not inf or nan)"
+        elif err["type"] == "value_error":
+            msg = str(msg).removeprefix("Value error, ")
+        lines.append(f"{where}: {' '.join(str(msg).split())}" if where else " ".join(str(msg).split()))
+    # One line (the CLI prints `configuration error: <this>`); values are redacted, as in every message.
+    return ConfigError(redact("invalid configuration: " + "; ".join(lines)))
 
 
 def flag_values(flags: Mapping[str, Any], section: str) -> dict[str, Any]:

@@ -148,3 +148,34 @@ def test_frames_must_fit_the_context_before_a_run() -> None:
         check_ready(build_config({**ready, "sampling": {"num_frames": 500}}))
     with pytest.raises(ConfigError, match="no input"):
         check_ready(build_config({"output": {"output": "/o"}}))
+
+
+def test_print_config_masks_credentials(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A key in an endpoint URL or a URI, a presigned signature: --print-config shows none of them, for
+    `run` and for the jobs, from flags and from YAML."""
+    key_id, secret = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text(
+        f"source: {{s3_endpoint_url: 'http://{key_id}:{secret}@minio.internal:9000'}}\n"
+        f"model: {{model: 's3://{key_id}:{secret}@models/Molmo2-8B/'}}\n"
+        "output: {output: 's3://tables/out?X-Amz-Security-Token=FwoGZXIvYXdzEXAMPLETOKEN&X-Amz-Signature=abc123'}\n"
+    )
+    assert main(["run", "--config", str(yaml_file), "--input", f"https://{key_id}:{secret}@h/v/", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    for leaked in (key_id, secret, "FwoGZXIvYXdzEXAMPLETOKEN", "abc123", "X-Amz-"):
+        assert leaked not in printed, (leaked, printed)
+    assert "s3_endpoint_url: http://***@minio.internal:9000\n" in printed
+    assert "model: s3://***@models/Molmo2-8B/\n" in printed and "output: s3://tables/out\n" in printed
+
+    from jobs.nightly_captions import main as nightly
+
+    assert nightly(["--config", str(yaml_file), "--input", "s3://videos/in/", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert key_id not in printed and secret not in printed and "http://***@minio.internal:9000" in printed
+
+
+def test_config_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--input", "x", "--output", "y", "--window-s", "1", "--overlap-s", "2", "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("configuration error: invalid configuration: ")
+    assert "overlap_s" in err and "model.batch_size" in err

@@ -33,6 +33,7 @@ PASSTHROUGH = (
     "rotation",
     "num_windows",
     "source_metadata",
+    "task_ids",  # the run's tasks this video still needs (indexes into HostSettings.tasks)
     "window_index",
     "t_start",
     "t_end",

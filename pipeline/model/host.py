@@ -29,6 +29,7 @@ from pipeline import faults, ledger
 from pipeline.io.secrets import redact
 from pipeline.model.engine import PASSTHROUGH, Answer, HostSettings, Molmo2Engine, WindowInput
 from pipeline.observe.metrics import record_generation
+from pipeline.results.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -63,23 +64,41 @@ class Molmo2Host:
         if needle and any(needle in u for u in uris):
             os._exit(1)
 
-    def _answer(self, windows: list[WindowInput], uris: list[str]) -> list[list[Answer]]:
+    def _answer(self, windows: list[WindowInput], uris: list[str], tasks: Sequence[Task]) -> list[list[Answer]]:
         faults.event("infer-call", self.settings.test_hooks)
         self._crash_hooks(uris)
         try:
             t0 = time.perf_counter()  # for the Ray metrics (observe.metrics)
-            per_window = self.engine.answer_windows(windows, self.settings.tasks)
-            record_generation(per_window, time.perf_counter() - t0)  # Ray metrics (pipeline.observe.progress)
+            per_window = self.engine.answer_windows(windows, tasks)
+            record_generation(per_window, time.perf_counter() - t0)  # Ray metrics (observe.metrics)
             return per_window
         except Exception as exc:  # a model-side failure fails these windows, not the job
             msg = redact(f"{type(exc).__name__}: {exc}")[:2000]
-            return [[Answer("", 0, 0, False, 0.0, type(exc).__name__, msg) for _ in self.settings.tasks] for _ in windows]
+            return [[Answer("", 0, 0, False, 0.0, type(exc).__name__, msg) for _ in tasks] for _ in windows]
+
+    def _tasks_of(self, task_ids: Any) -> tuple[Task, ...]:
+        """The tasks a window's video still needs (a rerun asks only the missing ones); all when unset."""
+        ids = [] if task_ids is None else [int(i) for i in task_ids]
+        return tuple(self.settings.tasks[i] for i in ids) if ids else self.settings.tasks
+
+    def _answer_grouped(self, todo: list[int], windows: list[WindowInput], uris: list[str],
+                        tasks: dict[int, tuple[Task, ...]]) -> dict[int, list[Answer]]:
+        """Answer each group of windows that share a task list together (one call per group)."""
+        groups: dict[tuple[Task, ...], list[int]] = {}
+        for pos, i in enumerate(todo):
+            groups.setdefault(tasks[i], []).append(pos)
+        out: dict[int, list[Answer]] = {}
+        for group_tasks, members in groups.items():
+            answers = self._answer([windows[p] for p in members], [uris[p] for p in members], group_tasks)
+            out.update({todo[p]: a for p, a in zip(members, answers, strict=True)})
+        return out
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         n = len(batch["video_id"])
         out: dict[str, list[Any]] = {k: [] for k in (*PASSTHROUGH, *RESULT_COLUMNS)}
         todo = [i for i in range(n) if batch["decode_status"][i] != "failed" and len(batch["frames"][i]) > 0]
         answers: dict[int, list[Answer]] = {}
+        tasks = {i: self._tasks_of(batch["task_ids"][i] if "task_ids" in batch else None) for i in range(n)}
         if todo:
             windows = [
                 WindowInput(
@@ -94,7 +113,7 @@ class Molmo2Host:
             keys = [f"{batch['video_id'][i]}#{int(batch['window_index'][i])}" for i in todo]
             batch_key = "batch:" + hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()
             if ledger.begin(self.settings.ledger, batch_key) <= 1:
-                answers = dict(zip(todo, self._answer(windows, uris), strict=True))
+                answers = self._answer_grouped(todo, windows, uris, tasks)
             else:
                 # This batch killed an actor before: isolate the culprit, one window at a time.
                 for i, window, uri, key in zip(todo, windows, uris, keys, strict=True):
@@ -105,9 +124,9 @@ class Molmo2Host:
                             f"on the window alone (a crash, OOM kill or native fault); not retried past "
                             f"model_crash_retries={self.settings.crash_retries}"
                         )
-                        answers[i] = [Answer("", 0, 0, False, 0.0, "WorkerCrashed", msg) for _ in self.settings.tasks]
+                        answers[i] = [Answer("", 0, 0, False, 0.0, "WorkerCrashed", msg) for _ in tasks[i]]
                     else:
-                        answers[i] = self._answer([window], [uri])[0]
+                        answers[i] = self._answer([window], [uri], tasks[i])[0]
                     ledger.done(self.settings.ledger, "window:" + key)
             ledger.done(self.settings.ledger, batch_key)
         for i in range(n):
@@ -115,7 +134,7 @@ class Molmo2Host:
             if i not in answers:  # failed decode: pass its error through once
                 _append(out, base, {**dict.fromkeys(RESULT_COLUMNS), "frames_used": 0})
                 continue
-            for task, ans in zip(self.settings.tasks, answers[i], strict=True):
+            for task, ans in zip(tasks[i], answers[i], strict=True):
                 _append(
                     out,
                     base,

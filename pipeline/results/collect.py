@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -33,8 +33,9 @@ class RowContext:
     max_fps: float
     stitch_max_distance: float = 0.1
     frame_match_tolerance: float | None = None  # default: half the sampling interval (1 / (2 max_fps))
+    work_keys: Mapping[str, str] = field(default_factory=dict)  # task name -> its work key this run
 
-    def provenance(self, prompt: str | None) -> dict[str, Any]:
+    def provenance(self, prompt: str | None, task: str | None = None) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "model_id": self.model_id,
@@ -44,6 +45,7 @@ class RowContext:
             "sampling_mode": self.sampling_mode,
             "num_frames": self.num_frames,
             "max_fps": self.max_fps,
+            "work_key": self.work_keys.get(task) if task else None,
         }
 
 
@@ -66,6 +68,7 @@ class _Pending:
     error_row: dict[str, Any] | None = None
     windows_seen: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     expected_windows: int | None = None
+    num_tasks: int = 0  # tasks asked of this video (0: all of the run's)
 
 
 class VideoCollector:
@@ -91,7 +94,11 @@ class VideoCollector:
             p.windows_seen[int(row["window_index"])] += 1
             if p.error_row is None:
                 p.expected_windows = int(row["num_windows"])
-        complete_windows = sum(1 for n in p.windows_seen.values() if n >= self.num_tasks)
+        # A video asked only its missing tasks (a rerun with a new task) carries their indexes.
+        if row.get("task_ids"):
+            p.num_tasks = len(row["task_ids"])
+        needed = p.num_tasks or self.num_tasks
+        complete_windows = sum(1 for n in p.windows_seen.values() if n >= needed)
         # Without an error row, the window count on window rows is final; with one, it is the number
         # of windows emitted before the failure.
         if (
@@ -118,6 +125,13 @@ def _tokens(row: dict[str, Any]) -> dict[str, Any]:
         "generated_tokens": row.get("generated_tokens"),
         "latency_s": row.get("latency_s"),
     }
+
+
+def _task_name(row: dict[str, Any]) -> str | None:
+    kind = row.get("task")
+    if not kind:
+        return None
+    return str(kind) if kind == "caption" else f"{kind}:{row.get('query') or ''}"
 
 
 def _window(row: dict[str, Any]) -> dict[str, Any]:
@@ -168,7 +182,7 @@ def _point_rows(
                 "frame_dt": match.distance,
                 "frame_matched": match.matched,
                 "parse_status": parsed.status,
-                **ctx.provenance(row.get("prompt")),
+                **ctx.provenance(row.get("prompt"), _task_name(row)),
             }
         )
     return out
@@ -246,7 +260,7 @@ def video_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[Task], ctx: Row
             continue
         answer = r.get("answer") or ""
         truncated = bool(r.get("hit_max_new_tokens"))
-        prov = ctx.provenance(r.get("prompt"))
+        prov = ctx.provenance(r.get("prompt"), _task_name(r))
         if kind == "caption":
             tables["captions"].append({**_window(r), "caption": answer, "truncated": truncated, **_tokens(r), **prov})
             continue
@@ -292,14 +306,14 @@ def video_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[Task], ctx: Row
                      "window_index": p["window_index"], "local_id": p["object_index"], "t": p["t"],
                      "x_px": p["x_px"], "y_px": p["y_px"], "x_norm": p["x_norm"], "y_norm": p["y_norm"],
                      "frame_matched": p["frame_matched"], "parse_status": p["parse_status"],
-                     **ctx.provenance(p["prompt"])}
+                     **ctx.provenance(p["prompt"], f"track:{query}")}
                 )
         prompt = next((t.prompt for t in tasks if t.kind == kind and t.query == query), None)
         counts = window_counts.get((kind, query), {})
         tables["video_counts"].append(
             {"video_id": first["video_id"], "query": query, "task": kind, "distinct_objects": distinct,
              "max_window_count": max(counts.values()) if counts else None, "windows": num_windows,
-             **ctx.provenance(prompt)}
+             **ctx.provenance(prompt, kind if kind == "caption" else f"{kind}:{query}")}
         )
     # Counting tasks whose answers had no points still get a per-video row (stitching has nothing to join).
     for t in tasks:
@@ -308,7 +322,7 @@ def video_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[Task], ctx: Row
             tables["video_counts"].append(
                 {"video_id": first["video_id"], "query": t.query, "task": t.kind, "distinct_objects": None,
                  "max_window_count": max(counts.values()) if counts else None, "windows": num_windows,
-                 **ctx.provenance(t.prompt)}
+                 **ctx.provenance(t.prompt, t.name)}
             )
 
     expected_answers = num_windows * len(tasks)
@@ -340,6 +354,7 @@ def video_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[Task], ctx: Row
             "run_id": ctx.run_id,
             "model_id": ctx.model_id,
             "processed_at": datetime.now(UTC),
+            "work_keys": [ctx.work_keys[t.name] for t in tasks if t.name in ctx.work_keys] or None,
         }
     )
     for table in tables_for_tasks(tasks):

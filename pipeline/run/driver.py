@@ -20,14 +20,16 @@ from pipeline.config import ConfigError, RunConfig
 from pipeline.errors import PipelineError
 from pipeline.io.retry import retry_call
 from pipeline.io.secrets import install_log_redaction, redact
+from pipeline.io.storage import get_fs
 from pipeline.ledger import AttemptLedger
-from pipeline.model.store import check_model_reachable
 from pipeline.observe.metrics import generate_seconds, stage_times
 from pipeline.observe.progress import RunProgress
 from pipeline.results.collect import VideoCollector, clean_row, video_tables
 from pipeline.results.tasks import Task
+from pipeline.results.work import work_keys
 from pipeline.run import settings
 from pipeline.run.graph import build_dataset
+from pipeline.run.preflight import no_videos_message, preflight
 from pipeline.run.record import now_utc, runs_row, write_runs_row
 from pipeline.run.resources import ClusterInfo, unmet_needs
 from pipeline.run.summary import VIDEO_STATUSES, RunSummary, new_run_id, run_date_for
@@ -43,6 +45,9 @@ from pipeline.source.stream import (
     skip_done,
     watch_listing,
 )
+from pipeline.tables import layout
+from pipeline.tables.layout import ConditionalWriteUnsupported
+from pipeline.tables.leases import LeaseError, read_leases
 from pipeline.tables.sink import TableSink
 
 log = logging.getLogger("pipeline")
@@ -89,6 +94,8 @@ class RunDriver:
         self.tasks: list[Task] = []
         self.refs: Any = None  # the videos to process: a Ray Data Dataset of VideoRef rows, listed as it streams
         self.tally: Any = None  # pipeline.source.stream.ListingTally: what the listing saw
+        self.work_keys: list[str] = []
+        self.frame_size = 0
         self.sink: TableSink | None = None
 
     def run(self) -> RunSummary:
@@ -104,37 +111,73 @@ class RunDriver:
         here but a few first pages) and what is committed. True: stream() has work to look for."""
         config, echo = self.config, self.echo
         install_log_redaction()
-        settings.check_ready(config)
+        preflight(config)  # every configuration check (model, output writable, ...), before Ray starts
         self.tasks = settings.tasks_of(config)
         endpoint = config.source.s3_endpoint_url
-        try:
-            check_model_reachable(config.model.model, endpoint)
-        except ConfigError as exc:
-            raise ConfigError(redact(exc)) from None
         # -- listing (streamed: pipeline.source.stream) --------------------------------------------------
         listing = self._plan_listing()  # a bad input fails here (exit 2), before Ray starts
+        if listing.empty:
+            echo(no_videos_message(config))
+            return False
+        self._check_run_id_unused()
         _init_ray(config)  # then Ray, before any listing work: the listing runs in Ray tasks as the run goes
         self.tally = new_tally(limit=config.source.max_videos)
         self.refs = keep_selected(listing.dataset(self.tally), self.tally, self.video_filter)
         # ------------------------------------------------------------------------------------------------
 
-        sink = TableSink(config.output.output, run_date=self.run_date, endpoint_url=endpoint, retry=self.storage_retry)
+        sink = TableSink(
+            config.output.output, run_date=self.run_date, endpoint_url=endpoint, retry=self.storage_retry,
+            writer_id=self.run_id, purpose="pipeline run", lease_ttl_s=config.output.lease_ttl_s,
+            commit_lock_ttl_s=config.output.commit_lock_ttl_s,
+            on_wait=lambda holder: echo(f"waiting for writer {holder} to finish its commit on this output"),
+        )
+        try:
+            sink.start()
+        except LeaseError as exc:
+            raise ConfigError(redact(exc)) from None
+        except (PermissionError, NotADirectoryError, FileExistsError, IsADirectoryError) as exc:
+            raise ConfigError(
+                f"output {config.output.output}: cannot write there ({type(exc).__name__}: {redact(exc)}); pass a "
+                "writable folder or s3:// prefix to --output"
+            ) from None
+        except ConditionalWriteUnsupported as exc:
+            raise ConfigError(
+                f"output {config.output.output}: the store cannot create a file only if absent ({redact(exc)}), so "
+                "concurrent writers could not be kept apart; use a store with conditional writes (AWS S3, "
+                "SeaweedFS, MinIO) or a local folder"
+            ) from None
         self.sink = sink
+        for info in read_leases(sink.fs, sink.root):
+            if info.live() and info.writer_id != self.run_id:
+                echo(f"note: another writer is active on this output: {info.describe()}; videos it commits "
+                     "first are not written twice")
         removed = sink.recover()
         if removed:
-            echo(f"recovered: removed {removed} uncommitted part file(s) left by an interrupted run")
-        done = sink.done_video_ids()
-        retried: set[str] = set()
+            echo(f"recovered: removed {removed} uncommitted part file(s) left by a writer that is gone")
+        # Work identity: a video is done for a task when a committed row holds that task's work key (task,
+        # prompt, model, revision, sampling, windows): a new task or model over an old corpus does only that.
+        self.frame_size = settings.frame_size_of(config)
+        self.work_keys = work_keys(self.tasks, settings.work_settings(config, self.frame_size))
         retry = set(config.output.retry_statuses)
-        if retry:  # done = has a committed row whose status is not retried; the others are processed again
-            keep = [s for s in VIDEO_STATUSES if s not in retry]
-            committed, done = done, sink.done_video_ids(statuses=keep)
-            retried = committed - done
-        # -- listing: the done set, a filter step of the stream (the ids are broadcast once) ---------------
-        self.refs = skip_done(self.refs, self.tally, done, retried)
+        keep = [s for s in VIDEO_STATUSES if s not in retry] if retry else None
+        done = sink.done_work(self.work_keys, self.tasks, config.model.model, statuses=keep)
+        # done = has a committed row whose status is not retried; the others are processed again
+        committed = sink.done_work(self.work_keys, self.tasks, config.model.model) if retry else None
+        # -- listing: what is done, a step of the stream (the work keys are broadcast once) ----------------
+        self.refs = skip_done(self.refs, self.tally, done, self.work_keys, committed)
         echo(f"run {self.run_id}: listing {config.source.input} as the run goes (counts once it is complete)")
         # ------------------------------------------------------------------------------------------------
         return True
+
+    def _check_run_id_unused(self) -> None:
+        """A run id names one run's history: a second run with the same id would overwrite its record."""
+        fs, root = get_fs(self.config.output.output, self.config.source.s3_endpoint_url)
+        record = layout.run_record_path(root.rstrip("/"), self.run_date, self.run_id)
+        if retry_call(lambda: fs.exists(record), "check the runs record", self.storage_retry):
+            raise ConfigError(
+                f"--run-id {self.run_id} was already used on this output (its record is {record}); give this run "
+                "a new id, or leave --run-id out to get a fresh one"
+            )
 
     def _plan_listing(self) -> ListingPlan:
         """The input checked and split into listing tasks (a few requests; a bad input is a ConfigError)."""
@@ -145,12 +188,13 @@ class RunDriver:
 
     def _listing_complete(self, counts: ListingCounts, progress: RunProgress) -> None:
         """Say what the listing found, once it is complete (from the listing watch's thread)."""
-        config = self.config
+        config, echo = self.config, self.echo
         if counts.retried:
-            statuses = " or ".join(sorted(config.output.retry_statuses))
-            self.echo(f"retrying {counts.retried} video(s) whose status was {statuses}")
-        self.echo(f"run {self.run_id}: {counts.listed} video(s) listed under {config.source.input}, "
-                  f"{counts.to_process} to process")
+            echo(f"retrying {counts.retried} video(s) whose status was {' or '.join(sorted(config.output.retry_statuses))}")
+        if counts.some_tasks:
+            echo(f"{counts.some_tasks} video(s) need only some of the tasks (new tasks or settings since they were done)")
+        echo(f"run {self.run_id}: {counts.listed} video(s) listed under {config.source.input}, {counts.to_process} to "
+             f"process ({counts.pairs} video x task pair(s))")
         progress.total_videos = counts.to_process
 
     def _count_listing(self, counts: ListingCounts) -> None:
@@ -171,10 +215,10 @@ class RunDriver:
         config, echo, summary, tasks = self.config, self.echo, self.summary, self.tasks
         assert self.sink is not None, "prepare() first"
         sink = self.sink
-        frame_size = settings.frame_size_of(config)
+        frame_size = self.frame_size
         decode_settings = settings.decode_settings(config, frame_size)
         host_settings = settings.host_settings(config, tasks)
-        ctx = settings.row_context(config, self.run_id)
+        ctx = settings.row_context(config, self.run_id, {t.name: k for t, k in zip(tasks, self.work_keys, strict=True)})
 
         _init_ray(config)
         import ray
@@ -225,7 +269,8 @@ class RunDriver:
                 finished_ids.add(vid)
                 taken.pop(vid, None)
                 t_collect = time.perf_counter()
-                tables = video_tables(finished, tasks, ctx)
+                ids = finished[0].get("task_ids") or []
+                tables = video_tables(finished, [tasks[i] for i in ids] if ids else tasks, ctx)
                 video = tables["videos"][0]
                 self._count(video, finished, tables, call_latencies)
                 sink.add_video(video["video_id"], tables)
@@ -242,6 +287,8 @@ class RunDriver:
         if not listing.stop() and stream_error is None:
             self._listing_complete(counts, progress)
         self._count_listing(counts)
+        if counts.listed == 0 and stream_error is None:
+            echo(no_videos_message(config))
         # ------------------------------------------------------------------------------------------------
         t_collect = time.perf_counter()
         try:
@@ -254,10 +301,15 @@ class RunDriver:
         if stream_error is not None:
             summary.elapsed_s = time.monotonic() - self.started
             self._record(error=f"{type(stream_error).__name__}: {stream_error}")
+            sink.close()
+            committed = sink.videos_committed
+            known = f" of {counts.to_process}" if counts.complete else ""  # the listing may not have finished
+            remaining = counts.to_process - committed if counts.complete else 1
             raise PipelineError(
                 redact(f"run stopped: {type(stream_error).__name__}: {stream_error}")[:4000]
                 + "".join(f"\n{need}" for need in unmet_needs(plan))  # e.g. the only decode node died
-                + f"\n{len(finished_ids)} video(s) were committed; rerun the same command to finish the others"
+                + f"\n{committed} video(s){known} were committed"
+                + ("; rerun the same command to process the others" if remaining > 0 else "")
             ) from None
         if duplicates:
             log.info("dropped %d duplicate row(s) re-emitted by retried tasks", duplicates)
@@ -301,9 +353,11 @@ class RunDriver:
     # -- finish ------------------------------------------------------------------------------------
 
     def finish(self) -> RunSummary:
-        """Total the rows written, time the run, write its `runs` record."""
+        """Total the rows written, time the run, write its `runs` record, give the output lease back."""
         if self.sink is not None:
             self.summary.rows_written = dict(self.sink.rows_written)
+            self.summary.videos_committed_elsewhere = self.sink.committed_elsewhere
+            self.sink.close()
         self.summary.elapsed_s = time.monotonic() - self.started
         self._record()
         return self.summary

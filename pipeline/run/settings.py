@@ -7,7 +7,7 @@ whichever command runs it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pipeline import faults
 from pipeline.config import RunConfig
@@ -16,6 +16,7 @@ from pipeline.model.engine import HostSettings
 from pipeline.model.molmo2 import DEFAULT_GEOMETRY, check_frame_budget, model_frame_size
 from pipeline.results.collect import RowContext
 from pipeline.results.tasks import Task, build_tasks
+from pipeline.results.work import WorkSettings
 from pipeline.run.resources import ClusterInfo, ResourcePlan, plan_resources
 from pipeline.video.decode import DecodeSettings
 from pipeline.video.sampling import FrameSampler
@@ -83,9 +84,25 @@ def host_settings(config: RunConfig, tasks: Sequence[Task]) -> HostSettings:
     )
 
 
-def row_context(config: RunConfig, run_id: str) -> RowContext:
-    """What every output row of this run records about how it was produced."""
+def work_settings(config: RunConfig, frame_size: int | None) -> WorkSettings:
+    """The settings that change answers, the part of every work key that is not the task."""
+    return WorkSettings(
+        model_id=config.model.model,
+        revision=config.model.revision,
+        sampling_mode=config.sampling.sampling_mode,
+        num_frames=config.sampling.num_frames,
+        max_fps=config.sampling.max_fps,
+        window_s=config.window.window_s,
+        overlap_s=config.window.overlap_s,
+        frame_size=frame_size,
+        max_new_tokens=config.model.max_new_tokens,
+    )
+
+
+def row_context(config: RunConfig, run_id: str, work_keys: Mapping[str, str] | None = None) -> RowContext:
+    """What every output row of this run records about how it was produced (`work_keys`: task name -> key)."""
     return RowContext(
+        work_keys=dict(work_keys or {}),
         run_id=run_id,
         model_id=config.model.model,
         max_new_tokens=config.model.max_new_tokens,

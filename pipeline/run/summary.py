@@ -24,6 +24,7 @@ class RunSummary:
     videos_listed: int = 0
     input_objects: int = 0  # distinct objects read: files, tar shards, manifest entries
     videos_skipped: int = 0
+    videos_committed_elsewhere: int = 0  # processed, but another writer committed them first (not written)
     videos_retried: int = 0  # processed again because of output.retry_statuses (counted in processed)
     ok: int = 0
     partial: int = 0
@@ -64,6 +65,9 @@ class RunSummary:
             f"({rate:.2f}/s); answers={self.answers}",
             f"  tokens: prompt={self.prompt_tokens} generated={self.generated_tokens}",
         ]
+        if self.videos_committed_elsewhere:
+            lines.append(f"  {self.videos_committed_elsewhere} video(s) were committed by another writer on this "
+                         "output meanwhile (not written again)")
         if self.plan:
             lines.append(f"  plan: {self.plan}")
         if self.error_types:

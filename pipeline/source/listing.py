@@ -357,6 +357,23 @@ def refs_of(
     return out
 
 
+def without_unmatched(units: Sequence[ListUnit], *, base: str, include: Sequence[str], exclude: Sequence[str]) -> list[ListUnit]:
+    """`units` with the objects the driver already holds filtered by include/exclude, and the units left
+    empty dropped (no units at all: the input holds no video, known before anything starts)."""
+    out: list[ListUnit] = []
+    for unit in units:
+        if isinstance(unit, ObjectsUnit):
+            kept = tuple(
+                o for o in unit.objects
+                if _matches(o.path[len(base) :].lstrip("/") if o.path.startswith(base) else o.path, include, exclude)
+            )
+            if not kept:
+                continue
+            unit = ObjectsUnit(kept)
+        out.append(unit)
+    return out
+
+
 def listing_base(lister: Lister, units: Sequence[ListUnit]) -> str:
     """What relative paths (for include/exclude) start from: the input folder, or a single file's folder."""
     root = lister.root

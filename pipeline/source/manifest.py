@@ -11,7 +11,10 @@ says so, so such a manifest costs no request per row until a video is fetched:
   time. A row whose object is missing or unreadable is not an error here: the decode stage's fetch
   makes it an error row (`ObjectMissing`, `AccessDenied`) and the run goes on.
 
-Every column but the URI is carried into the `videos` table's `source_metadata` as JSON.
+Every column but the URI is carried into the `videos` table's `source_metadata` as JSON. A manifest
+often lists presigned URLs: each video is read from its signed URL (`VideoRef.source_url`) and stored
+under its public URI (signature removed, `pipeline.io.secrets.public_uri`); the other columns are
+redacted the same way.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pipeline.io.retry import DEFAULT_POLICY, RetryPolicy, retry_call
+from pipeline.io.secrets import public_uri, redact, redact_data
 from pipeline.io.storage import get_fs
-from pipeline.source.refs import SourceError, VideoRef, make_video_id, object_version
+from pipeline.source.refs import SourceError, VideoRef, object_version, signed_ref
 
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".ndjson")
 VERSION_COLUMNS = ("version", "version_id")
@@ -35,13 +39,25 @@ HEAD_THREADS = 16  # HEADs in flight per manifest task for rows that carry no ve
 UNKNOWN_VERSION = "unknown"  # the object could not be looked up: its fetch says why, as an error row
 
 
+def _path_part(url: str) -> str:
+    """The path of `url` without a query or fragment (a presigned manifest URL ends in its signature)."""
+    if "://" in url and not url.lower().startswith("file://"):
+        return url.split("#", 1)[0].split("?", 1)[0]
+    return url
+
+
 def is_manifest_input(url: str) -> bool:
-    return url.lower().endswith(MANIFEST_SUFFIXES)
+    return _path_part(url).lower().endswith(MANIFEST_SUFFIXES)
+
+
+def is_signed(url: str) -> bool:
+    """A URL whose query is part of what reads it (a presigned manifest): not a plain path for Ray's readers."""
+    return _path_part(url) != url
 
 
 def manifest_format(url: str) -> str:
     """'parquet', 'csv' or 'json' (JSON lines)."""
-    lower = url.lower()
+    lower = _path_part(url).lower()
     return "parquet" if lower.endswith(".parquet") else "csv" if lower.endswith(".csv") else "json"
 
 
@@ -68,12 +84,13 @@ def check_manifest(url: str, *, uri_column: str, endpoint_url: str | None = None
                 line = fh.readline()
                 columns = list(json.loads(line)) if line.strip() else []
     except FileNotFoundError:
-        raise SourceError(f"manifest {url} does not exist") from None
+        raise SourceError(f"manifest {public_uri(url)} does not exist") from None
     except Exception as exc:
-        raise SourceError(f"cannot read manifest {url}: {type(exc).__name__}: {exc}") from None
+        raise SourceError(redact(f"cannot read manifest {url}: {type(exc).__name__}: {exc}")) from None
     if uri_column not in columns:
         raise SourceError(
-            f"manifest {url} has no column {uri_column!r} (columns: {', '.join(columns)}); set --manifest-uri-column"
+            f"manifest {public_uri(url)} has no column {uri_column!r} (columns: {', '.join(columns)}); "
+            "set --manifest-uri-column"
         )
     return columns
 
@@ -117,10 +134,10 @@ def row_version(row: Mapping[str, Any]) -> tuple[str, int] | None:
     return object_version({"ETag": etag, "size": size_bytes, "mtime": _timestamp(mtime) if mtime is not None else None}), size_bytes
 
 
-def _look_up(uri: str, endpoint_url: str | None, retry: RetryPolicy) -> tuple[str, int]:
+def _look_up(url: str, endpoint_url: str | None, retry: RetryPolicy) -> tuple[str, int]:
     try:
-        fs, path = get_fs(uri, endpoint_url)
-        info = retry_call(lambda: fs.info(path), f"look up {uri}", retry)
+        fs, path = get_fs(url, endpoint_url)
+        info = retry_call(lambda: fs.info(path), f"look up {public_uri(url)}", retry)
         return object_version(info), int(info.get("size") or 0)
     except Exception:  # missing, denied, unreachable: the fetch makes it an error row that says which
         return UNKNOWN_VERSION, 0
@@ -134,8 +151,9 @@ def refs_from_rows(
     retry: RetryPolicy = DEFAULT_POLICY,
     threads: int = HEAD_THREADS,
 ) -> list[VideoRef]:
-    """Refs for manifest rows: the version from the row's columns, else one HEAD per row (in threads)."""
-    uris = [str(row.get(uri_column) or "") for row in rows]
+    """Refs for manifest rows: the version from the row's columns, else one HEAD per row (in threads).
+    A presigned URL is looked up and read through its signature, and stored without it."""
+    uris = [str(row.get(uri_column) or "") for row in rows]  # possibly presigned: read from, never stored
     versions: list[tuple[str, int] | None] = [row_version(row) for row in rows]
     missing = [i for i, v in enumerate(versions) if v is None and uris[i]]
     if missing:
@@ -146,10 +164,25 @@ def refs_from_rows(
     refs = []
     for row, uri, found in zip(rows, uris, versions, strict=True):
         version, size = found or (UNKNOWN_VERSION, 0)
-        meta = json.dumps({k: v for k, v in row.items() if k != uri_column}, sort_keys=True, default=str)
+        meta = json.dumps(redact_data({k: v for k, v in row.items() if k != uri_column}), sort_keys=True, default=str)
         error = "" if uri else f"manifest row has no {uri_column!r}"
-        refs.append(VideoRef(make_video_id(uri, version), uri, size, version, source_metadata=meta, source_error=error))
+        refs.append(signed_ref(uri, version, size, source_metadata=meta, source_error=error))
     return refs
+
+
+def read_table(url: str, *, endpoint_url: str | None = None) -> Any:
+    """The whole manifest as an Arrow table, read through fsspec in this process."""
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+    import pyarrow.parquet as pq
+
+    fs, path = get_fs(url, endpoint_url)
+    kind = manifest_format(url)
+    try:
+        with fs.open(path, "rb") as fh:
+            return pq.read_table(fh) if kind == "parquet" else pacsv.read_csv(fh) if kind == "csv" else pajson.read_json(fh)
+    except Exception as exc:
+        raise SourceError(redact(f"cannot read manifest {url}: {type(exc).__name__}: {exc}")) from None
 
 
 def read_manifest(
@@ -161,18 +194,8 @@ def read_manifest(
     retry: RetryPolicy = DEFAULT_POLICY,
 ) -> list[VideoRef]:
     """Refs for the manifest's rows (the first `max_rows`), read in this process (small manifests, tools)."""
-    import pyarrow.csv as pacsv
-    import pyarrow.json as pajson
-    import pyarrow.parquet as pq
-
     check_manifest(url, uri_column=uri_column, endpoint_url=endpoint_url)
-    fs, path = get_fs(url, endpoint_url)
-    kind = manifest_format(url)
-    try:
-        with fs.open(path, "rb") as fh:
-            table = pq.read_table(fh) if kind == "parquet" else pacsv.read_csv(fh) if kind == "csv" else pajson.read_json(fh)
-    except Exception as exc:
-        raise SourceError(f"cannot read manifest {url}: {type(exc).__name__}: {exc}") from None
+    table = read_table(url, endpoint_url=endpoint_url)
     if max_rows is not None:
         table = table.slice(0, max_rows)
     return refs_from_rows(table.to_pylist(), uri_column=uri_column, endpoint_url=endpoint_url, retry=retry)

@@ -21,6 +21,7 @@ from braceexpand import braceexpand
 from fsspec.spec import AbstractBufferedFile
 
 from pipeline.io.retry import DEFAULT_POLICY, RetryPolicy, retry_call
+from pipeline.io.secrets import public_uri
 from pipeline.io.storage import full_url, get_fs
 from pipeline.source.refs import VideoRef, error_ref, make_video_id, object_version
 
@@ -119,10 +120,11 @@ def index_shard(
     except Exception as exc:
         return [error_ref(shard_url, "", f"shard unreadable: {type(exc).__name__}: {exc}", version=version)]
     refs: list[VideoRef] = []
+    shown = public_uri(shard_url)  # a presigned shard URL is read from, never stored (pipeline.source.refs)
     for key in order:
         member = videos[key]
-        uri = f"{shard_url}#{member.name}"
-        meta = {"shard": shard_url, "key": key, **({"sidecar": sidecar_data[key]} if key in sidecar_data else {})}
+        uri = f"{shown}#{member.name}"
+        meta = {"shard": shown, "key": key, **({"sidecar": sidecar_data[key]} if key in sidecar_data else {})}
         available = max(0, shard_size - member.offset_data)
         truncated = available < member.size
         refs.append(

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from pipeline.config import SourceConfig
 from pipeline.io.retry import DEFAULT_POLICY, RetryPolicy
+from pipeline.results.work import missing_tasks
 from pipeline.source import manifest, shards
 from pipeline.source.listing import (
     KEYS_PER_REQUEST,
@@ -41,6 +42,7 @@ from pipeline.source.listing import (
     plan_units,
     refs_of,
     unit_pages,
+    without_unmatched,
 )
 from pipeline.source.refs import SourceError, VideoRef
 
@@ -60,6 +62,7 @@ REF_SCHEMA = pa.schema(
         ("byte_length", pa.int64()),
         ("source_metadata", pa.string()),
         ("source_error", pa.string()),
+        ("task_ids", pa.list_(pa.int32())),
     ]
 )
 
@@ -71,7 +74,9 @@ def refs_table(refs: Sequence[VideoRef]) -> pa.Table:
 
 def ref_of(row: dict[str, Any]) -> VideoRef:
     """A VideoRef from one row of the stream."""
-    return VideoRef(**{name: row[name] for name in REF_SCHEMA.names})
+    fields = {name: row[name] for name in REF_SCHEMA.names}
+    fields["task_ids"] = tuple(int(i) for i in (fields["task_ids"] if fields["task_ids"] is not None else ()))
+    return VideoRef(**fields)
 
 
 # -- the tally ------------------------------------------------------------------------------------------
@@ -87,6 +92,8 @@ class ListingCounts:
     skipped: int = 0  # already done
     retried: int = 0  # done before with a status this run retries
     to_process: int = 0
+    some_tasks: int = 0  # videos to process for only some of the run's tasks (the others are done)
+    pairs: int = 0  # video x task pairs to process
     complete: bool = False  # every listed video went through every step
     rejected_refs: list[dict[str, Any]] = field(default_factory=list)  # the first REJECTED_KEPT left out
 
@@ -138,10 +145,12 @@ class ListingTally:
         self.counts.rejected_refs.extend(rejected[: max(0, room)])
         self._check()
 
-    def decided(self, *, skipped: int, retried: int, kept: int) -> None:
+    def decided(self, *, skipped: int, retried: int, kept: int, some_tasks: int = 0, pairs: int = 0) -> None:
         self.counts.skipped += skipped
         self.counts.retried += retried
         self.counts.to_process += kept
+        self.counts.some_tasks += some_tasks
+        self.counts.pairs += pairs
         self._check()
 
     def _expected(self) -> int | None:
@@ -245,7 +254,7 @@ def keep_selected(ds: Any, tally: Any, video_filter: Callable[[VideoRef], bool] 
     return ds.map_batches(select, batch_format="pyarrow", batch_size=None)
 
 
-_BROADCAST: dict[str, Any] = {}  # per worker process: the done set, fetched once, not once per block
+_BROADCAST: dict[str, Any] = {}  # per worker process: the done work, fetched once, not once per block
 
 
 def _broadcast_value(ref: Any) -> Any:
@@ -253,32 +262,48 @@ def _broadcast_value(ref: Any) -> Any:
 
     key = ref.hex()
     if key not in _BROADCAST:
-        _BROADCAST.clear()  # one run at a time per worker: drop the last run's set
+        if len(_BROADCAST) >= 2:  # one run at a time per worker: drop the last run's values
+            _BROADCAST.clear()
         _BROADCAST[key] = ray.get(ref)
     return _BROADCAST[key]
 
 
-def skip_done(ds: Any, tally: Any, done: set[str] | frozenset[str], retried: set[str] | frozenset[str] = frozenset()) -> Any:
-    """Drop the videos already done (their `video_id` in `done`), counting skipped, retried and kept.
+def skip_done(
+    ds: Any, tally: Any, done: Mapping[str, set[str]], keys: Sequence[str], committed: Mapping[str, set[str]] | None = None
+) -> Any:
+    """Per video, the run's tasks still to do (`pipeline.results.work`): videos with nothing missing are
+    dropped, the others carry their `task_ids`. Counts skipped, retried (a missing key that `committed`
+    holds: done before with a status this run retries), videos needing only some tasks, and pairs.
 
-    The sets go to the object store once (`ray.put`) and each worker process reads them once.
+    `done` / `committed`: per video, the work keys of its committed rows. They go to the object store once
+    (`ray.put`) and each worker process reads them once.
     """
     import ray
 
     tally.decision_step.remote()
-    done_ref = ray.put(frozenset(done))
-    retried_ref = ray.put(frozenset(retried))
+    done_ref = ray.put(dict(done))
+    committed_ref = ray.put(dict(committed or {}))
+    key_list = list(keys)
 
     def decide(batch: pa.Table) -> pa.Table:
-        done_ids, retried_ids = _broadcast_value(done_ref), _broadcast_value(retried_ref)
-        ids = batch.column("video_id").to_pylist()
-        keep = [i not in done_ids for i in ids]
-        kept = sum(keep)
-        ray.get(tally.decided.remote(
-            skipped=len(ids) - kept, retried=sum(1 for i, k in zip(ids, keep, strict=True) if k and i in retried_ids),
-            kept=kept,
-        ))
-        return batch.filter(pa.array(keep, type=pa.bool_()))
+        done_keys, committed_keys = _broadcast_value(done_ref), _broadcast_value(committed_ref)
+        keep: list[bool] = []
+        task_ids: list[list[int]] = []
+        retried = some = pairs = 0
+        for vid in batch.column("video_id").to_pylist():
+            missing = missing_tasks(done_keys.get(vid, ()), key_list)
+            keep.append(bool(missing))
+            if missing:
+                task_ids.append(list(missing))
+                pairs += len(missing)
+                some += len(missing) < len(key_list)
+                retried += any(key_list[i] in committed_keys.get(vid, ()) for i in missing)
+        kept = batch.filter(pa.array(keep, type=pa.bool_()))
+        kept = kept.set_column(kept.schema.get_field_index("task_ids"), "task_ids",
+                               pa.array(task_ids, type=pa.list_(pa.int32())))
+        ray.get(tally.decided.remote(skipped=len(keep) - len(task_ids), retried=retried, kept=len(task_ids),
+                                     some_tasks=some, pairs=pairs))
+        return kept
 
     # The sets are closed over by reference (ObjectRefs), never pickled into every task.
     return ds.map_batches(decide, batch_format="pyarrow", batch_size=None)
@@ -336,7 +361,30 @@ class _ShardJob:
                 return
 
 
-def _read_job(job: _UnitJob | _ShardJob, tally: Any) -> Iterator[pa.Table]:
+@dataclass(frozen=True)
+class _ManifestJob:
+    """A presigned manifest (its signature is in the URL's query, which Ray's readers would take for part
+    of a path): read through fsspec in one task, refs made a thousand rows at a time."""
+
+    url: str
+    uri_column: str
+    endpoint_url: str | None
+    retry: RetryPolicy
+    limit: int | None = None
+
+    def pages(self) -> Iterator[list[VideoRef]]:
+        table = manifest.read_table(self.url, endpoint_url=self.endpoint_url)
+        if self.limit is not None:
+            table = table.slice(0, self.limit)
+        for batch in table.to_batches(max_chunksize=1000):
+            yield manifest.refs_from_rows(batch.to_pylist(), uri_column=self.uri_column,
+                                          endpoint_url=self.endpoint_url, retry=self.retry)
+
+
+Job = _UnitJob | _ShardJob | _ManifestJob
+
+
+def _read_job(job: Job, tally: Any) -> Iterator[pa.Table]:
     import ray
 
     produced = 0
@@ -347,7 +395,7 @@ def _read_job(job: _UnitJob | _ShardJob, tally: Any) -> Iterator[pa.Table]:
         ray.get(tally.reader_done.remote(produced))
 
 
-def _jobs_dataset(jobs: Sequence[_UnitJob | _ShardJob], name: str, tally: Any) -> Any:
+def _jobs_dataset(jobs: Sequence[Job], name: str, tally: Any) -> Any:
     import ray
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
@@ -403,13 +451,16 @@ class ListingPlan:
     def __init__(self, source: SourceConfig, *, retry: RetryPolicy = DEFAULT_POLICY, page_size: int = KEYS_PER_REQUEST) -> None:
         self.source = source
         self.retry = retry
-        self.jobs: list[_UnitJob | _ShardJob] = []
+        self.jobs: list[Job] = []
+        self.empty = False  # known on the driver already: the input holds no video
         self.kind = (
             "manifest" if manifest.is_manifest_input(source.input) else "shards" if shards.is_shard_input(source.input) else "prefix"
         )
         limit = source.max_videos
         if self.kind == "manifest":
             manifest.check_manifest(source.input, uri_column=source.manifest_uri_column, endpoint_url=source.s3_endpoint_url)
+            if manifest.is_signed(source.input):
+                self.jobs = [_ManifestJob(source.input, source.manifest_uri_column, source.s3_endpoint_url, retry, limit)]
         elif self.kind == "shards":
             urls = shards.expand_shards(source.input, source.s3_endpoint_url)
             if not urls:
@@ -419,21 +470,24 @@ class ListingPlan:
             self.jobs = [_ShardJob(g, suffixes, source.s3_endpoint_url, retry, limit) for g in groups]
         else:
             lister = Lister(source.input, source.s3_endpoint_url, retry, page_size=page_size)
+            include, exclude = tuple(source.include), tuple(source.exclude)
             units = plan_units(lister, max_levels=1 if limit else PLAN_LEVELS)
             base = listing_base(lister, units)
+            units = without_unmatched(units, base=base, include=include, exclude=exclude)
+            self.empty = not units
             if limit and units and base == lister.root:  # a folder (not one file): the first N in key order
                 units = [TreeUnit(lister.root)]  # one task, stopping after the first N matches
-            include, exclude = tuple(source.include), tuple(source.exclude)
             self.jobs = [_UnitJob(lister, u, base, include, exclude, limit) for u in units]
 
     def dataset(self, tally: Any = None) -> Any:
         """The videos as a lazy Ray Data Dataset of VideoRef rows (REF_SCHEMA), listed in Ray tasks as the
         stream is consumed; `tally` (a `new_tally()` actor) counts them. Needs Ray started."""
         source = self.source
-        if self.kind == "manifest":
+        if self.kind == "manifest" and not self.jobs:
             ds = self._manifest_dataset(tally)
         else:
-            ds = _jobs_dataset(self.jobs, "IndexShards" if self.kind == "shards" else "ListVideos", tally)
+            name = {"shards": "IndexShards", "manifest": "ReadManifest"}.get(self.kind, "ListVideos")
+            ds = _jobs_dataset(self.jobs, name, tally)
         if source.max_videos:
             ds = ds.limit(source.max_videos)
         if tally is not None:

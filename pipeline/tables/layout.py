@@ -3,6 +3,8 @@
     <output>/<table>/run_date=YYYY-MM-DD/part-<key>.parquet   one flush's file of `table` (`TableSink`)
     <output>/runs/run_date=YYYY-MM-DD/run-<run_id>.parquet    one run's record (`pipeline.run.record`)
     <folder>/.tmp-<name>-<nonce>                              a local write in progress (never read)
+    <output>/_writers/...                                     writers' leases and the commit lock
+                                                              (`pipeline.tables.leases`; readers skip it)
 
 A flush writes one file per table of its group, all named with the same 24-hex-digit key, the group's
 commit table last (`pipeline.tables.sink`). A part file is *committed* when the commit table of its
@@ -21,10 +23,12 @@ import contextlib
 import hashlib
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence, Set
 from typing import Any
 
+from pipeline.errors import MolmoBatchError
 from pipeline.tables.schemas import TableGroup
 
 PARTITION = "run_date"  # the Hive partition column of every table folder
@@ -46,10 +50,29 @@ def table_folder(root: str, table: str, run_date: str) -> str:
     return f"{root.rstrip('/')}/{table}/{PARTITION}={run_date}"
 
 
-def new_part_key(video_ids: Iterable[str]) -> str:
-    """A fresh part key: derived from the part's video ids, plus a nonce so two runs never collide."""
+WRITER_TOKEN_LENGTH = 8  # the first hex digits of a part key: which writer wrote it
+
+
+def writer_token(writer_id: str) -> str:
+    """The short token of a writer (a run, a job's post-processing) that starts each of its part keys."""
+    return hashlib.sha256(writer_id.encode()).hexdigest()[:WRITER_TOKEN_LENGTH]
+
+
+def new_part_key(video_ids: Iterable[str], token: str | None = None) -> str:
+    """A fresh part key: the writer's token, then digits derived from the part's video ids and a nonce, so
+    two writers never collide and a part file tells whose it is (`token_of_key`)."""
     text = "\n".join(sorted(video_ids)) + uuid.uuid4().hex
-    return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    if token is None:
+        return digest[:KEY_LENGTH]
+    if not re.fullmatch(f"[0-9a-f]{{{WRITER_TOKEN_LENGTH}}}", token):
+        raise ValueError(f"writer token {token!r} is not {WRITER_TOKEN_LENGTH} lowercase hex digits")
+    return token + digest[: KEY_LENGTH - WRITER_TOKEN_LENGTH]
+
+
+def token_of_key(key: str) -> str:
+    """The writer token a part key starts with (for keys written before tokens: random digits, no writer)."""
+    return key[:WRITER_TOKEN_LENGTH]
 
 
 def part_name(key: str) -> str:
@@ -61,6 +84,14 @@ def part_name(key: str) -> str:
 
 def part_path(root: str, table: str, run_date: str, key: str) -> str:
     return f"{table_folder(root, table, run_date)}/{part_name(key)}"
+
+
+def sibling_part(path: str, table: str, other: str) -> str:
+    """The path of the same part (same run date, same key) in table `other`."""
+    head, marker, tail = path.rpartition(f"/{table}/{PARTITION}=")
+    if not marker:
+        raise ValueError(f"{path} is not a part file of table {table}")
+    return f"{head}/{other}/{PARTITION}={tail}"
 
 
 def part_key(path: str) -> str | None:
@@ -115,11 +146,20 @@ def list_table_files(fs: Any, root: str) -> dict[str, list[str]]:
     return out
 
 
-def temporary_files(fs: Any, root: str) -> list[str]:
-    """Temporary files of interrupted local writes anywhere under `root`."""
+def temporary_files(fs: Any, root: str, *, older_than_s: float = 0.0) -> list[str]:
+    """Temporary files of interrupted local writes anywhere under `root`, last changed over `older_than_s`
+    ago (a live writer's temporary file exists for the seconds its write takes: never take it from it)."""
     if not fs.exists(root):
         return []
-    return [path for path in fs.find(root) if is_temporary(path)]
+    now = time.time()
+    found = []
+    for path in fs.find(root):
+        if not is_temporary(path):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if older_than_s <= 0 or now - os.path.getmtime(path) > older_than_s:
+                found.append(path)
+    return found
 
 
 # -- committed parts -------------------------------------------------------------------------------
@@ -163,6 +203,62 @@ def drop_uncommitted(
 
 
 # -- writing ---------------------------------------------------------------------------------------
+
+
+class ConditionalWriteUnsupported(MolmoBatchError, RuntimeError):
+    """The store cannot create a file only when it is absent, so concurrent writers cannot be kept apart."""
+
+
+def create_exclusive(fs: Any, path: str, payload: bytes) -> bool:
+    """Create `path` with `payload` only if it does not exist: True when created, False when it existed.
+
+    Local: the content is written to a temporary file and hard-linked into place (`link` fails when the
+    name exists), so the file appears whole and exactly one creator wins. S3: one PUT with `If-None-Match:
+    *` (AWS S3 since 2024, SeaweedFS, MinIO); a store that refuses the condition raises
+    `ConditionalWriteUnsupported`, one that silently ignores it is caught by `probe_conditional_create`.
+    """
+    if is_local(fs):
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = temporary_path(path)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(payload)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    try:
+        fs.pipe_file(path, payload, mode="create")
+    except (TypeError, NotImplementedError) as exc:
+        raise ConditionalWriteUnsupported(f"{type(fs).__name__} has no exclusive create: {exc}") from None
+    except OSError as exc:
+        text = str(exc).lower().replace("-", "")
+        if "precondition" in text or "conditionalrequestconflict" in text:
+            return False
+        if "not implemented" in text or "notimplemented" in text:
+            raise ConditionalWriteUnsupported(str(exc)) from None
+        raise
+    return True
+
+
+def probe_conditional_create(fs: Any, folder: str) -> None:
+    """Raise `ConditionalWriteUnsupported` unless a second exclusive create of one name is refused."""
+    path = f"{folder.rstrip('/')}/probe-{uuid.uuid4().hex}"
+    try:
+        if not create_exclusive(fs, path, b"1"):
+            raise ConditionalWriteUnsupported(f"a fresh name {path} was reported to exist")
+        if create_exclusive(fs, path, b"2"):
+            raise ConditionalWriteUnsupported("the store accepted a second exclusive create of the same name")
+    finally:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            fs.rm(path)
 
 
 def is_local(fs: Any) -> bool:

@@ -25,6 +25,8 @@ PROVENANCE: list[pa.Field] = [
     pa.field("sampling_mode", pa.string()),  # frame sampling policy
     pa.field("num_frames", pa.int32()),  # frame budget per window
     pa.field("max_fps", pa.float64()),
+    # What produced the row: task, prompt, model, revision, sampling, windows (pipeline.results.work).
+    pa.field("work_key", pa.string()),
 ]
 
 
@@ -64,6 +66,8 @@ VIDEOS = pa.schema(
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("model_id", pa.string()),
         pa.field("processed_at", pa.timestamp("ms", tz="UTC")),
+        # The work this commit completed: one key per task asked of the video (pipeline.results.work).
+        pa.field("work_keys", pa.list_(pa.string())),
     ]
 )
 

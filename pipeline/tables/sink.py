@@ -1,21 +1,25 @@
-"""Sink: write the tables as Parquet, exactly once per video.
+"""Sink: write the tables as Parquet, each video's rows exactly once, beside any number of other writers.
 
 The protocol (why no Ray `write_parquet`: a table row may need every window of its video, e.g. stitched
 tracks, and `write_parquet` appends duplicates on rerun):
 
-1. Finished videos are buffered and flushed together as one *part*. A part's files in every table share
-   one name, `part-<key>.parquet`, under `<table>/run_date=<date>/` (the names: `pipeline.tables.layout`).
-2. Each file appears atomically (`layout.atomic_write`): local files are written under a temporary name
-   and renamed; S3 objects are written with one PUT (visible only once complete).
-3. The `videos` file is written last: it is the part's commit record. A video is done exactly when its
-   `videos` row exists, so a rerun skips it and does no model work for it.
-4. On start, any part file without its `videos` file (a run killed mid-flush) is deleted: those videos
-   are not done and are processed again, so no row is ever duplicated.
-5. Every storage call (list, read, write, delete) retries transient errors with backoff and jitter
-   within a budget (`pipeline.io.retry`). A write that still fails raises: its part stays uncommitted, so
-   the tables never show half a part, and the next run deletes the orphans and redoes those videos.
-
-One run writes to one output at a time: `recover()` would delete a concurrent run's uncommitted parts.
+1. A sink is a *writer* with a lease on the output (`pipeline.tables.leases.WriterLease`, taken by `start()`,
+   given back by `close()`); its id is the run id (a job's own tables: the run id plus a suffix).
+2. Finished videos are buffered and flushed together as one *part*. A part's files in every table share
+   one name, `part-<key>.parquet`, under `<table>/run_date=<date>/`, the key starting with the writer's
+   token (the names: `pipeline.tables.layout`).
+3. A flush holds the output's commit lock (`leases.CommitLock`): it reads the commit records that appeared
+   since this writer started and drops every buffered video another writer committed meanwhile (counted in
+   `committed_elsewhere`), writes the data files, checks that its lease and lock are still safely held, and
+   writes the commit table's file (`videos`) last: it is the part's commit record. A video is done exactly
+   when its commit row exists, so a rerun skips it and does no model work for it.
+4. Each file appears atomically (`layout.atomic_write`): local files are written under a temporary name and
+   renamed; S3 objects are written with one PUT (visible only once complete).
+5. On start, `recover()` deletes part files without a commit record whose writer holds no live lease (a
+   crashed or killed writer's; never a running writer's in-flight files), then the expired leases.
+6. Every storage call retries transient errors with backoff and jitter within a budget (`pipeline.io.retry`).
+   A write that still fails raises: its part stays uncommitted, so the tables never show half a part, and a
+   later run deletes the orphans (once this writer's lease is gone) and redoes those videos.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from typing import Any
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,7 +38,10 @@ from pipeline import faults
 from pipeline.io.retry import DEFAULT_POLICY, RetryPolicy, retry_call
 from pipeline.io.secrets import redact
 from pipeline.io.storage import get_fs, join_url
+from pipeline.results.tasks import Task
+from pipeline.results.work import legacy_work_keys
 from pipeline.tables import layout
+from pipeline.tables.leases import CommitLock, LeaseError, WriterLease, end_lease, read_leases
 from pipeline.tables.schemas import COMMIT_TABLE, TABLES, to_table
 
 log = logging.getLogger(__name__)
@@ -45,8 +52,31 @@ def _retry(fn: Any, what: str, policy: RetryPolicy = DEFAULT_POLICY) -> Any:
     return retry_call(fn, redact(what), policy)
 
 
+class CommitRow(NamedTuple):
+    """What the sink needs of one commit-table row (columns a table lacks are None)."""
+
+    video_id: str
+    status: str | None
+    work_keys: list[str] | None
+    tasks: str | None
+    model_id: str | None
+
+
+def _commit_rows(table: pa.Table) -> list[CommitRow]:
+    cols = {name: table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
+            for name in CommitRow._fields}
+    return [CommitRow(*values) for values in zip(*(cols[f] for f in CommitRow._fields), strict=True)]
+
+
 class TableSink:
-    """Buffers finished videos' rows and writes them as committed parts."""
+    """Buffers finished videos' rows and writes them as committed parts (see the module docstring).
+
+    Args:
+        writer_id: this writer's id on the output (a run id); a fresh one when not given.
+        lease_ttl_s: how long after its last heartbeat others may presume this writer dead.
+        commit_lock_ttl_s: how long one commit may hold the output's commit lock.
+        on_wait: called with the holder's id when a commit has to wait for another writer's.
+    """
 
     def __init__(
         self,
@@ -57,6 +87,11 @@ class TableSink:
         tables: Mapping[str, pa.Schema] | None = None,
         commit_table: str = COMMIT_TABLE,
         retry: RetryPolicy = DEFAULT_POLICY,
+        writer_id: str | None = None,
+        purpose: str = "",
+        lease_ttl_s: float = 300.0,
+        commit_lock_ttl_s: float = 120.0,
+        on_wait: Callable[[str], None] | None = None,
     ) -> None:
         self.output = output.rstrip("/")
         self.run_date = run_date
@@ -70,12 +105,47 @@ class TableSink:
         self.fs, self.root = get_fs(self.output, endpoint_url)
         self.root = self.root.rstrip("/")
         self._local = layout.is_local(self.fs)
-        self._buffer: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        self._buffered_videos: list[str] = []
+        self.writer_id = writer_id or f"writer-{uuid.uuid4().hex[:12]}"
+        self.lease = WriterLease(self.fs, self.root, self.writer_id, ttl_s=lease_ttl_s, purpose=purpose)
+        self.lock = CommitLock(self.fs, self.root, self.writer_id, ttl_s=commit_lock_ttl_s)
+        self.on_wait = on_wait
+        self._videos: dict[str, dict[str, list[dict[str, Any]]]] = {}  # video id -> table -> rows, in order
+        # Commit records read so far: path -> rows (video_id, status, work_keys, tasks, model_id); a flush
+        # reads only the new ones.
+        self._commits: dict[str, list[CommitRow]] = {}
+        self._own_keys: set[str] = set()
+        # Videos other writers committed after this one started (read after `start()`'s snapshot): never
+        # written again by this writer, whenever they reach its buffer.
+        self._elsewhere: set[str] = set()
+        self._snapshot_taken = False
         self.parts_written = 0
-        self.rows_written: dict[str, int] = defaultdict(int)
+        self.videos_committed = 0
+        self.committed_elsewhere = 0  # buffered videos dropped: another writer committed them meanwhile
+        self.rows_written: dict[str, int] = {}
 
-    # -- start-up ---------------------------------------------------------------------------------
+    # -- start and end -----------------------------------------------------------------------------
+
+    def start(self) -> TableSink:
+        """Take this writer's lease and read the commit records (once); a writer id already in use on the
+        output raises LeaseError. Commits that appear after this snapshot are other writers' work."""
+        if not self.lease.held:
+            _retry(self.lease.acquire, f"take the writer lease on {self.output}", self.retry)
+        if not self._snapshot_taken:
+            self._read_commits()
+            self._snapshot_taken = True
+        return self
+
+    def close(self) -> None:
+        """Give the lease back (call after the last flush; uncommitted buffered rows are dropped)."""
+        self.lease.release()
+
+    def __enter__(self) -> TableSink:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading the output ------------------------------------------------------------------------
 
     def _parts(self, table: str) -> dict[str, str]:
         """Part files of `table`, path -> key."""
@@ -84,63 +154,124 @@ class TableSink:
         return found
 
     def recover(self) -> int:
-        """Delete part files whose commit record is missing; return how many were removed."""
+        """Delete uncommitted part files of writers that hold no live lease; return how many were removed."""
+        self.start()
         self.fs.invalidate_cache()
+        # Order matters: data parts, then commit records, then leases. A part listed here was written after
+        # its writer took its lease, so that lease shows below unless the writer has gone.
+        data = {t: self._parts(t) for t in self.tables if t != self.commit_table}
         committed = set(self._parts(self.commit_table).values())
+        leases = _retry(lambda: read_leases(self.fs, self.root), "read the writers' leases", self.retry)
+        now = time.time()
+        live = {info.token for info in leases if info.live(now)} | {self.lease.token}
         removed = 0
-        for table in self.tables:
-            if table == self.commit_table:
-                continue
-            for path in self._parts(table):
-                if layout.is_uncommitted(path, committed):
-                    _retry(lambda p=path: self.fs.rm(p), f"delete orphan {path}", self.retry)
-                    removed += 1
-        # Temporary files of an interrupted local write.
+        for table, parts in data.items():
+            for path, key in parts.items():
+                if key in committed or layout.token_of_key(key) in live:
+                    continue
+                # Checked again just before deleting: a commit that landed after the listing keeps its files.
+                commit = layout.sibling_part(path, table, self.commit_table)
+                if _retry(lambda c=commit: self.fs.exists(c), f"check {commit}", self.retry):
+                    continue
+                _retry(lambda p=path: self.fs.rm(p), f"delete orphan {path}", self.retry)
+                removed += 1
+        for info in leases:  # expired leases: their writers' leftovers are gone now
+            if not info.live(now) and info.token != self.lease.token:
+                _retry(lambda i=info: end_lease(self.fs, self.root, i.writer_id), "remove an expired lease", self.retry)
+        # Temporary files of an interrupted local write (a live writer's exist for seconds only).
         if self._local:
-            for path in layout.temporary_files(self.fs, self.root):
+            for path in layout.temporary_files(self.fs, self.root, older_than_s=self.lease.ttl_s):
                 self.fs.rm(path)
         return removed
 
+    def _read_commits(self) -> list[str]:
+        """Read the commit records not read yet; return their paths."""
+        self.fs.invalidate_cache()
+        new = [p for p in self._parts(self.commit_table) if p not in self._commits]
+        for path in new:
+            table = _retry(lambda p=path: self._read(p, list(CommitRow._fields)), f"read {path}", self.retry)
+            self._commits[path] = _commit_rows(table)
+            if self._snapshot_taken and layout.part_key(path) not in self._own_keys:
+                self._elsewhere.update(r.video_id for r in self._commits[path])
+        return new
+
     def done_video_ids(self, *, statuses: Sequence[str] | None = None) -> set[str]:
-        """Video ids with a committed `videos` row (optionally only with these statuses)."""
-        parts = self._parts(self.commit_table)
-        done: set[str] = set()
-        for path in parts:
-            table = _retry(lambda p=path: self._read(p, ["video_id", "status"]), f"read {path}", self.retry)
-            ids = table.column("video_id").to_pylist()
-            st = table.column("status").to_pylist()
-            done.update(v for v, s in zip(ids, st, strict=True) if statuses is None or s in statuses)
+        """Video ids with a committed row (optionally only with these statuses)."""
+        self._read_commits()
+        return {r.video_id for rows in self._commits.values() for r in rows if statuses is None or r.status in statuses}
+
+    def done_work(
+        self, keys: Sequence[str], tasks: Sequence[Task], model_id: str, *, statuses: Sequence[str] | None = None
+    ) -> dict[str, set[str]]:
+        """Per video, the work keys its committed rows completed (optionally only rows with these statuses);
+        rows written before work keys existed stand for the tasks they name (`work.legacy_work_keys`)."""
+        self._read_commits()
+        done: dict[str, set[str]] = {}
+        for rows in self._commits.values():
+            for r in rows:
+                if statuses is not None and r.status not in statuses:
+                    continue
+                got = set(r.work_keys) if r.work_keys is not None else legacy_work_keys(
+                    r.tasks, r.model_id, tasks, keys, model_id)
+                done.setdefault(r.video_id, set()).update(got)
         return done
 
     def _read(self, path: str, columns: list[str]) -> pa.Table:
         with self.fs.open(path, "rb") as fh:
-            return pq.read_table(fh, columns=columns)
+            have = set(pq.read_schema(fh).names)
+            fh.seek(0)
+            return pq.read_table(fh, columns=[c for c in columns if c in have])
 
     # -- writing ---------------------------------------------------------------------------------
 
     def add_video(self, video_id: str, rows: Mapping[str, Sequence[dict[str, Any]]]) -> None:
-        """Buffer one finished video's rows (table name -> rows); it must include its `videos` row."""
+        """Buffer one finished video's rows (table name -> rows); it must include its commit row."""
         if not rows.get(self.commit_table):
             raise ValueError(f"video {video_id} has no {self.commit_table} row")
-        for table, table_rows in rows.items():
+        for table in rows:
             if table not in self.tables:
                 raise KeyError(f"unknown table {table}")
-            self._buffer[table].extend(table_rows)
-        self._buffered_videos.append(video_id)
+        mine = self._videos.setdefault(video_id, {})
+        for table, table_rows in rows.items():
+            mine.setdefault(table, []).extend(table_rows)
 
     @property
     def pending_videos(self) -> int:
-        return len(self._buffered_videos)
+        return len(self._videos)
 
     def flush(self) -> None:
-        """Write the buffered videos as one committed part."""
-        if not self._buffered_videos:
+        """Write the buffered videos as one committed part (under the output's commit lock)."""
+        if not self._videos:
             return
-        key = layout.new_part_key(self._buffered_videos)
+        self.start()
+        # Taking and giving back the lock are storage calls like any other: retried through an outage.
+        ticket = _retry(lambda: self.lock.acquire(on_wait=self.on_wait), f"take the commit lock of {self.output}",
+                        self.retry)
+        try:
+            self._flush_locked(ticket)
+        finally:
+            _retry(lambda: self.lock.release(ticket), f"release the commit lock of {self.output}", self.retry)
+
+    def _flush_locked(self, ticket: Any) -> None:
+        # Commits that landed since this writer started: their videos are done, never written twice.
+        self._read_commits()
+        dropped = [v for v in self._videos if v in self._elsewhere]
+        for video_id in dropped:
+            del self._videos[video_id]
+        if dropped:
+            self.committed_elsewhere += len(dropped)
+            log.info("%d video(s) were committed by another writer meanwhile; not written again", len(dropped))
+        if not self._videos:
+            return
+        key = layout.new_part_key(self._videos, self.lease.token)
+        buffered: dict[str, list[dict[str, Any]]] = {}
+        for rows in self._videos.values():
+            for table, table_rows in rows.items():
+                buffered.setdefault(table, []).extend(table_rows)
         # Tables a video declared (even with zero rows) are written too, so every table the run's tasks
         # produce exists and can be queried, even when no answer held a point.
-        order = [t for t in self.tables if t != self.commit_table and t in self._buffer]
-        tables = {t: to_table(t, self._buffer[t], schema=self.tables[t]) for t in [*order, self.commit_table]}
+        order = [t for t in self.tables if t != self.commit_table and t in buffered]
+        tables = {t: to_table(t, buffered[t], schema=self.tables[t]) for t in [*order, self.commit_table]}
         for table in order:
             self._write(table, key, tables[table])
         faults.event("flush-data-written")
@@ -148,13 +279,20 @@ class TableSink:
         if pauses:  # TEST-ONLY: widen the window between data files and the commit file (kill tests)
             values = [float(v) for v in pauses.split(",")]
             time.sleep(values[min(self.parts_written, len(values) - 1)])
-        # The commit record goes last: until it exists, the files above are orphans a rerun deletes.
+        # Past its lease or lock margin this writer may be presumed dead and its files cleaned up: stop here.
+        self.lease.check()
+        if not ticket.valid():
+            raise LeaseError(f"writer {self.writer_id} held the commit lock too long; its part stays uncommitted")
+        # The commit record goes last: until it exists, the files above are orphans a later run deletes.
         self._write(self.commit_table, key, tables[self.commit_table])
+        self._own_keys.add(key)
+        commit_path = layout.part_path(self.root, self.commit_table, self.run_date, key)
+        self._commits[commit_path] = _commit_rows(tables[self.commit_table])
         faults.event("flush-committed")
         for table, data in tables.items():
-            self.rows_written[table] += data.num_rows
-        self._buffer.clear()
-        self._buffered_videos.clear()
+            self.rows_written[table] = self.rows_written.get(table, 0) + data.num_rows
+        self.videos_committed += len(self._videos)
+        self._videos.clear()
         self.parts_written += 1
 
     def _write(self, table: str, key: str, data: pa.Table) -> None:

@@ -53,6 +53,7 @@ from pipeline.config import (
     flag_values,
 )
 from pipeline.errors import MolmoBatchError
+from pipeline.io.secrets import redact_or_none
 from pipeline.io.storage import get_fs
 from pipeline.model.molmo2 import FRAME_SIZE, Molmo2Geometry, checkpoint_geometry
 from pipeline.source.listing import list_videos
@@ -405,7 +406,12 @@ def command(args: Any) -> int:
             raise PlanError("pass --input URL (a folder, file:// or s3://BUCKET/PREFIX)")
         refs = list_videos(source.input, include=source.include, exclude=source.exclude,
                            endpoint_url=source.s3_endpoint_url, max_videos=source.max_videos)
-        metas = probe_corpus([(r.uri, r.size_bytes) for r in refs], endpoint_url=source.s3_endpoint_url)
+        # A presigned URL is read through its signature (source_url) and shown without it (uri).
+        whole = [r.source_url if r.source_url and r.byte_length < 0 else r.uri for r in refs]
+        metas = probe_corpus(list(zip(whole, [r.size_bytes for r in refs], strict=True)),
+                             endpoint_url=source.s3_endpoint_url)
+        for meta, ref in zip(metas, refs, strict=True):
+            meta.uri, meta.error = ref.uri, redact_or_none(meta.error)
         plan = estimate(metas, profile, config, plan_geometry(config, profile), gpus=options.gpus)
     except (PlanError, SourceError, ConfigError) as exc:
         print(f"plan error: {exc}", file=sys.stderr)

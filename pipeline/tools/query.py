@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from pipeline.tables.reader import NamedQuery, Param, QueryError, TableRegistryError, Tables, open_tables
 from pipeline.tables.reader import registered as registered_tables
+from pipeline.tables.views import views_sql
 
 FORMATS = ("table", "csv", "json", "jsonl", "parquet")
 
@@ -237,6 +238,11 @@ def command(args: Any) -> int:
             return 0
         if not args.output:
             raise QueryError("pass --output URL (the folder or s3:// prefix a run wrote its tables to)")
+        if getattr(args, "views_sql", False):
+            tables = open_tables(args.output, endpoint_url=args.s3_endpoint_url)
+            print(views_sql(args.output, registered_tables().all_groups, [t for t in tables.names if tables.present(t)]),
+                  end="")
+            return 0
         if bool(args.sql) == bool(args.named):
             raise QueryError('pass either SQL (e.g. "SELECT * FROM videos") or --named NAME (see --list)')
         given: dict[str, str] = {}

@@ -61,6 +61,11 @@ class DecodeSettings:
     test_hooks: faults.Hooks = ()  # TEST-ONLY fault injection (pipeline.faults)
 
 
+def _task_ids(value: Any) -> list[int]:
+    """A ref's task indexes as a plain list (Ray hands a numpy array; None or empty means all tasks)."""
+    return [] if value is None else [int(i) for i in value]
+
+
 def _video_fields(ref: dict[str, Any], probe: VideoProbe | None, num_windows: int) -> dict[str, Any]:
     return {
         "video_id": str(ref["video_id"]),
@@ -74,6 +79,7 @@ def _video_fields(ref: dict[str, Any], probe: VideoProbe | None, num_windows: in
         "rotation": int(probe.rotation) if probe else None,
         "num_windows": num_windows,
         "source_metadata": str(ref.get("source_metadata") or "") or None,
+        "task_ids": _task_ids(ref.get("task_ids")),
     }
 
 

@@ -96,7 +96,9 @@ def local_copy(
         return
     tmpdir = tempfile.mkdtemp(prefix="molmo-batch-")
     try:
-        local = os.path.join(tmpdir, os.path.basename(path) or "video")
+        # The object's name without a query (a presigned URL's signature would make it too long for a
+        # file name), keeping its suffix for the decoders.
+        local = os.path.join(tmpdir, os.path.basename(path.split("?", 1)[0])[-200:] or "video")
         try:
             if ranged:
                 retry_call(

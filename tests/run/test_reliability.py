@@ -174,6 +174,8 @@ def test_sink_retries_writes_and_never_commits_half_a_part(tmp_path: Path) -> No
         sink.flush()
     assert len(list((out / "errors").rglob("part-*.parquet"))) == 2  # b's errors part: an orphan
     fresh = TableSink(str(out), run_date="2026-01-01")
+    assert fresh.recover() == 0  # its writer still holds its lease: a live writer's files are never taken
+    sink.close()  # the writer gives its lease back (or it expires): now its orphan goes
     assert fresh.recover() == 1 and fresh.done_video_ids() == {"a"}
     assert len(list((out / "errors").rglob("part-*.parquet"))) == 1
     # Local writes are atomic: no temporary file survives, every file is a whole Parquet file.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 
 from pipeline.config import build_config
 from pipeline.devtools.samples import SampleSpec, write_video
+from pipeline.devtools.seaweed import SeaweedServer
 from pipeline.tables.schemas import TABLES
 from pipeline.tools.serve.app import parse_tasks, serve_settings
 from pipeline.tools.serve.security import (
@@ -120,6 +122,109 @@ def test_serve_refuses_to_start_without_a_token() -> None:
         assert res.returncode == 2 and "MOLMO_BATCH_SERVE_TOKEN" in res.stderr and "refusing to start" in res.stderr
 
 
+def test_the_token_leaves_the_environment_and_only_its_digest_is_deployed(tmp_path: Path) -> None:
+    from ray import cloudpickle
+
+    from pipeline.tools.serve.app import build_app, take_token
+
+    env = {"MOLMO_BATCH_SERVE_TOKEN": f"  {TOKEN}\n", "PATH": "/bin"}
+    assert take_token(env) == TOKEN and env == {"PATH": "/bin"}
+    assert take_token(env) == ""
+    config = build_config({"model": {"model": "m"}})
+    settings = serve_settings(config, 112, token_sha256=token_digest(TOKEN), allow_prefixes=(), max_upload_bytes=1,
+                              max_duration_s=1.0, max_tasks=1)
+    deployed = cloudpickle.dumps(build_app(settings, gpus=0))  # everything Serve ships to the replicas
+    assert token_digest(TOKEN).encode() in deployed and TOKEN.encode() not in deployed
+
+
+def test_client_error_messages_name_no_server_path() -> None:
+    from pipeline.tools.serve.app import without_server_paths
+
+    tmp = "/tmp/molmo-serve-abc123"
+    detail = f"not a readable video: a text file, not a video (InvalidDataError: Invalid data: '{tmp}/upload')"
+    assert without_server_paths(detail, tmp) == \
+        "not a readable video: a text file, not a video (InvalidDataError: Invalid data: '<video>')"
+    assert without_server_paths(f"cannot open {tmp}, {tmp}/video; done", tmp) == "cannot open <video>, <video>; done"
+
+
+def test_s3_uris_that_name_no_object_are_4xx(seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    """A prefix ("a folder") and a missing key are the client's mistakes: 422 with the URI, never a 500."""
+    import s3fs
+
+    from pipeline.tools.serve.fetch import fetch_s3
+
+    for name, value in (("AWS_ACCESS_KEY_ID", seaweed.access_key), ("AWS_SECRET_ACCESS_KEY", seaweed.secret_key),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()  # filesystems made earlier may hold other keys
+    bucket = seaweed.make_bucket()
+    seaweed.filesystem().pipe_file(f"{bucket}/videos/a.mp4", b"a" * 10)
+    config = build_config({"model": {"model": "m"}, "source": {"s3_endpoint_url": seaweed.endpoint}})
+    settings = serve_settings(config, 112, token_sha256=token_digest(TOKEN), allow_prefixes=(f"s3://{bucket}/",),
+                              max_upload_bytes=1000, max_duration_s=10.0, max_tasks=2)
+    dest = str(tmp_path / "video")
+    for uri, code in ((f"s3://{bucket}/videos", "not_a_file"), (f"s3://{bucket}/videos/", "not_a_file"),
+                      (f"s3://{bucket}/videos/missing.mp4", "not_found")):
+        with pytest.raises(HTTPError) as info:
+            fetch_s3(uri, dest, settings)
+        assert (info.value.status, info.value.code) == (422, code), (uri, info.value.detail)
+        assert uri.rstrip("/") in info.value.detail and str(tmp_path) not in info.value.detail
+    fetched = fetch_s3(f"s3://{bucket}/videos/a.mp4", dest, settings)
+    assert (fetched.uri, fetched.size_bytes, Path(dest).read_bytes()) == (f"s3://{bucket}/videos/a.mp4", 10, b"a" * 10)
+
+
+@pytest.mark.integration
+def test_no_ray_process_of_serve_holds_the_token(tiny_model_dir: Path) -> None:
+    """`pipeline serve` as a user starts it: every process of its Ray (GCS, raylet, Serve controller, proxy,
+    replica) is a descendant of the command; none may have the token in its environment."""
+    import psutil
+    import requests
+
+    port = _free_port()
+    env = {**os.environ, "MOLMO_BATCH_SERVE_TOKEN": TOKEN, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "serve", "--model", str(tiny_model_dir), "--port", str(port),
+         "--num-frames", "4", "--max-new-tokens", "4"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    descendants: list[psutil.Process] = []
+    try:
+        output = []
+        assert proc.stdout is not None
+        for line in proc.stdout:  # until the app is deployed (or the command ends)
+            output.append(line)
+            if line.startswith("serving "):
+                break
+        assert proc.poll() is None, "".join(output)
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+        holders, names = [], []
+        for child in descendants:
+            try:
+                environ, cmdline = child.environ(), " ".join(child.cmdline())
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            names.append(cmdline)
+            if any(TOKEN in value for value in environ.values()):
+                holders.append(cmdline)
+        for role in ("ServeReplica", "ServeController", "ProxyActor", "raylet", "gcs_server"):
+            assert any(role in name for name in names), (role, names)
+        assert holders == []
+        base = f"http://127.0.0.1:{port}"
+        assert requests.post(base + "/v1/analyze", json={}, timeout=30).status_code == 401
+        r = requests.post(base + "/v1/analyze", json={}, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        assert r.status_code == 422  # the token still opens the door: the replicas compare digests
+    finally:
+        proc.send_signal(signal.SIGINT)  # the command shuts Serve and its Ray down
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        for child in descendants:  # only the processes this test started
+            if child.is_running():
+                child.kill()
+
+
 # -------------------------------------------------------------------------------------------------
 # One Serve for the rest of the module
 
@@ -174,6 +279,11 @@ def test_auth_and_routes(server: str) -> None:
     assert requests.post(server + "/v1/other", headers=AUTH, timeout=30).status_code == 404
     r = requests.post(url, data="hello", headers={**AUTH, "Content-Type": "text/plain"}, timeout=30)
     assert r.status_code == 415
+    # Ray Serve's proxy answers its own two routes without the token (documented in docs/serving.md):
+    # the route table names only the app, the health check says only that the proxy is up.
+    assert requests.get(server + "/-/routes", timeout=30).json() == {"/": "molmo-batch-test"}
+    assert requests.get(server + "/-/healthz", timeout=30).status_code == 200
+    assert requests.get(server + "/-/anything-else", timeout=30).status_code == 401  # the app's auth
 
 
 @pytest.mark.integration
@@ -244,9 +354,15 @@ def test_upload_limits_and_bad_files(server: str, tmp_path: Path) -> None:
                       headers=AUTH, timeout=60)
     assert r.status_code == 413 and r.json()["error"] == "too_long" and "30.0 s" in r.json()["detail"]
 
-    r = requests.post(url, files={"file": ("notes.mp4", b"not a video at all" * 50, "video/mp4")},
-                      data={"tasks": "caption"}, headers=AUTH, timeout=60)
-    assert r.status_code == 422 and r.json()["error"] == "invalid_video"
+    import tempfile
+
+    for name, data in (("notes.mp4", b"not a video at all" * 50), ("noise.mp4", os.urandom(4096)),
+                       ("cut.mp4", long.read_bytes()[:3000])):
+        r = requests.post(url, files={"file": (name, data, "video/mp4")}, data={"tasks": "caption"}, headers=AUTH,
+                          timeout=60)
+        assert r.status_code == 422 and r.json()["error"] == "invalid_video", (name, r.text)
+        for server_path in (tempfile.gettempdir(), "molmo-serve-", "/upload"):  # names no path of the server
+            assert server_path not in r.json()["detail"], (name, r.json())
     r = requests.post(url, data={"tasks": "caption"}, files={"other": ("x", b"1")}, headers=AUTH, timeout=60)
     assert r.status_code == 422 and r.json()["error"] == "missing_file"
     r = requests.post(url, files={"file": ("v.mp4", b"1", "video/mp4")}, data={"tasks": "juggle"}, headers=AUTH,

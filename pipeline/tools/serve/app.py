@@ -15,7 +15,9 @@ list holds rows in exactly the shape of the batch tables (`pipeline.tables.schem
 
 Safety, in the order checked:
 - 401 without the bearer token (compared as SHA-256 digests in constant time; the replicas only ever see
-  the digest, so the token is in no Serve config or log). The server refuses to start without a token.
+  the digest, so the token is in no Serve config or log). The server refuses to start without a token,
+  and takes it out of its own environment before Ray starts (`take_token`), so no Ray process it starts
+  (GCS, raylet, Serve controller, proxy, replica) inherits it.
 - 403 for a URI that is not s3://, http:// or https:// (never file://, local paths or other schemes), that
   is not under one of the configured `--allow-prefix` prefixes (scheme, host and port exact, path by
   prefix, no `..` segments, no credentials in the URI), or whose host resolves to a loopback, link-local,
@@ -23,7 +25,13 @@ Safety, in the order checked:
   that only returns vetted addresses), and redirects are not followed.
 - 413 for a request body or video over `max_upload_bytes`, or a video longer than `max_duration_s`.
 - 415 for a body that is neither JSON nor multipart; 422 for bad JSON, unknown tasks, too many tasks, a
-  missing URI or file, or a file that is not a readable video.
+  missing URI or file, a URI that names a folder or a missing object, or a file that is not a readable
+  video. A client error's message never names a server path (`without_server_paths`); a 500 is a bug
+  or a model failure and says only the exception type.
+
+Ray Serve's proxy answers two routes of its own before the app sees a request, without the token:
+`/-/healthz` and `/-/routes` (the route prefix and app name). Both are documented as exposed
+(docs/serving.md); neither carries data or settings.
 
 One replica per GPU (`num_gpus=1`) when the cluster has GPUs, else one CPU replica; a replica answers one
 request's model work at a time (a lock) and decodes the next request meanwhile.
@@ -37,18 +45,20 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
 from pipeline.config import ConfigError, RunConfig, build_section, config_from_flags, flag_values
+from pipeline.io.secrets import public_uri
 from pipeline.model.engine import PASSTHROUGH, HostSettings, Molmo2Engine
 from pipeline.model.host import Molmo2Host
 from pipeline.model.store import check_model_reachable
@@ -150,7 +160,15 @@ async def _fetch_http(uri: str, dest: str, settings: ServeSettings) -> Fetched:
                     fh.write(chunk)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise HTTPError(422, "fetch_failed", f"uri: cannot fetch: {type(exc).__name__}") from None
-    return Fetched(dest, uri, make_video_id(uri, "sha256:" + h.hexdigest()), size)
+    return Fetched(dest, public_uri(uri), make_video_id(uri, "sha256:" + h.hexdigest()), size)
+
+
+def without_server_paths(detail: str, folder: str) -> str:
+    """`detail` with every path under the request's temporary `folder` replaced by `<video>`: a client
+    error names what the client sent, never where the server keeps it."""
+    for root in sorted({folder, os.path.realpath(folder)}, key=len, reverse=True):
+        detail = re.sub(re.escape(root) + r"(?:/[^\s'\"),;]*)?", "<video>", detail)
+    return detail
 
 
 def _jsonable(value: Any) -> Any:
@@ -205,31 +223,39 @@ class AnalyzeService:
             return _error_response(HTTPError(500, "internal_error", f"{type(exc).__name__} (see the replica's log)"))
 
     async def _analyze_request(self, request: Any) -> dict[str, Any]:
-        s = self.settings
         ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         length = request.headers.get("content-length")
         with tempfile.TemporaryDirectory(prefix="molmo-serve-") as tmp:
-            started = time.perf_counter()
-            if ctype == "multipart/form-data":
-                if length and length.isdigit() and int(length) > s.max_upload_bytes + MULTIPART_SLACK:
-                    raise too_large(f"the request body ({length} bytes)", s.max_upload_bytes)
-                fetched, tasks = await self._read_upload(request, tmp)
-            elif ctype == "application/json":
-                if length and length.isdigit() and int(length) > JSON_BODY_LIMIT:
-                    raise too_large("a JSON body", JSON_BODY_LIMIT)
-                body = await self._read_json(request)
-                tasks = parse_tasks(body.get("tasks"), s.max_tasks)
-                uri = check_uri(body.get("uri"), s.allow_prefixes)
-                dest = os.path.join(tmp, "video")
-                if uri.lower().startswith("s3://"):
-                    fetched = await asyncio.to_thread(fetch_s3, uri, dest, s)
-                else:
-                    fetched = await _fetch_http(uri, dest, s)
+            try:
+                return await self._analyze_in(request, tmp, ctype, length)
+            except HTTPError as exc:
+                exc.detail = without_server_paths(exc.detail, tmp)
+                raise
+
+    async def _analyze_in(self, request: Any, tmp: str, ctype: str, length: str | None) -> dict[str, Any]:
+        """Fetch or receive the video into the temporary folder `tmp`, then analyze it."""
+        s = self.settings
+        started = time.perf_counter()
+        if ctype == "multipart/form-data":
+            if length and length.isdigit() and int(length) > s.max_upload_bytes + MULTIPART_SLACK:
+                raise too_large(f"the request body ({length} bytes)", s.max_upload_bytes)
+            fetched, tasks = await self._read_upload(request, tmp)
+        elif ctype == "application/json":
+            if length and length.isdigit() and int(length) > JSON_BODY_LIMIT:
+                raise too_large("a JSON body", JSON_BODY_LIMIT)
+            body = await self._read_json(request)
+            tasks = parse_tasks(body.get("tasks"), s.max_tasks)
+            uri = check_uri(body.get("uri"), s.allow_prefixes)
+            dest = os.path.join(tmp, "video")
+            if uri.lower().startswith("s3://"):
+                fetched = await asyncio.to_thread(fetch_s3, uri, dest, s)
             else:
-                raise HTTPError(415, "unsupported_media_type",
-                                "send application/json {uri, tasks} or multipart/form-data with file and tasks")
-            fetched.fetch_s = time.perf_counter() - started
-            return await asyncio.to_thread(self.analyze_file, fetched, tasks)
+                fetched = await _fetch_http(uri, dest, s)
+        else:
+            raise HTTPError(415, "unsupported_media_type",
+                            "send application/json {uri, tasks} or multipart/form-data with file and tasks")
+        fetched.fetch_s = time.perf_counter() - started
+        return await asyncio.to_thread(self.analyze_file, fetched, tasks)
 
     async def _read_json(self, request: Any) -> dict[str, Any]:
         data = b""
@@ -412,7 +438,7 @@ def serve_settings(
 def settings_from_options(config: RunConfig, options: ServeOptions, token: str) -> ServeSettings:
     """Check the prefixes and the model, read the frame size, and build the replicas' settings."""
     prefixes = check_prefixes(options.allow_prefix)
-    check_model_reachable(config.model.model, config.source.s3_endpoint_url)
+    check_model_reachable(config.model.model, config.source.s3_endpoint_url, revision=config.model.revision)
     return serve_settings(
         config, frame_size_of(config), token_sha256=token_digest(token), allow_prefixes=prefixes,
         max_upload_bytes=options.max_upload_mb * 1024**2, max_duration_s=options.max_duration_s,
@@ -420,10 +446,16 @@ def settings_from_options(config: RunConfig, options: ServeOptions, token: str) 
     )
 
 
-def command(args: Any) -> int:
+def take_token(environ: MutableMapping[str, str]) -> str:
+    """The serve token, removed from `environ`: every process Ray starts from here (raylet, GCS, the Serve
+    controller, proxies and replicas) inherits this process's environment, and must not hold the token.
+    Only its SHA-256 digest travels, inside the replicas' settings."""
+    return environ.pop(TOKEN_ENV, "").strip()
 
-    token = os.environ.get(TOKEN_ENV, "")
-    if len(token.strip()) < MIN_TOKEN_CHARS:
+
+def command(args: Any) -> int:
+    token = take_token(os.environ)
+    if len(token) < MIN_TOKEN_CHARS:
         print(f"serve: refusing to start without a token: set {TOKEN_ENV} to a secret of at least "
               f"{MIN_TOKEN_CHARS} characters, e.g. export {TOKEN_ENV}=$(python -c "
               "'import secrets; print(secrets.token_urlsafe(32))')", file=sys.stderr)
@@ -432,7 +464,7 @@ def command(args: Any) -> int:
     try:
         config = config_from_flags(flags)
         options = build_section("serve", ServeOptions, flag_values(flags, "serve"))
-        settings = settings_from_options(config, options, token.strip())
+        settings = settings_from_options(config, options, token)
     except (ValueError, ConfigError) as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,82 @@
+"""Work identity: what a run must produce, so a rerun does exactly the missing work (pure: no Ray, no torch).
+
+A unit of work is one video x one *work key*. The key names everything that changes an answer: the task
+(kind, query and the exact prompt), the model and its revision, the frame sampling (mode, frames, fps),
+the windowing (length, overlap), the model's frame size and the generation budget. Each committed `videos`
+row lists the work keys it completed (`work_keys`), and every result row carries its own (`work_key`), so:
+
+- an unchanged rerun finds every (video, key) done and does nothing;
+- a new task, a new prompt or another model over an old corpus does only that work, decoding each video
+  once for all of its missing tasks;
+- a changed object is a new video (its `video_id` includes the object's version).
+
+The latest answer for a video and a task is the result row of that work key whose run committed last:
+see docs/tables.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+from pipeline.results.tasks import Task
+
+KEY_LENGTH = 16
+
+
+@dataclass(frozen=True)
+class WorkSettings:
+    """The run settings that change answers (everything else, e.g. batch size or decoder, does not)."""
+
+    model_id: str
+    revision: str | None
+    sampling_mode: str
+    num_frames: int
+    max_fps: float
+    window_s: float
+    overlap_s: float
+    frame_size: int | None
+    max_new_tokens: int
+
+
+def work_key(task: Task, settings: WorkSettings) -> str:
+    """16 hex digits naming (task, prompt, model, revision, sampling, windows, frame size, budget)."""
+    spec = {"kind": task.kind, "query": task.query, "prompt": task.prompt, **asdict(settings)}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:KEY_LENGTH]
+
+
+def work_keys(tasks: Sequence[Task], settings: WorkSettings) -> list[str]:
+    return [work_key(t, settings) for t in tasks]
+
+
+def legacy_work_keys(task_names: str | None, model_id: str | None, tasks: Sequence[Task], keys: Sequence[str],
+                     current_model: str) -> set[str]:
+    """The keys a `videos` row written before work keys existed stands for: the run's tasks it names, when
+    it was made by the same model (its other settings are unknown: taken to be today's)."""
+    if not task_names or model_id != current_model:
+        return set()
+    named = {n.strip() for n in task_names.split(",")}
+    return {k for t, k in zip(tasks, keys, strict=True) if t.name in named}
+
+
+def missing_tasks(done: Iterable[str], keys: Sequence[str]) -> tuple[int, ...]:
+    """Indexes of the tasks whose work key is not among `done` (a video's completed keys)."""
+    have = set(done)
+    return tuple(i for i, k in enumerate(keys) if k not in have)
+
+
+def plan_work(
+    video_ids: Iterable[str], done: Mapping[str, set[str]], keys: Sequence[str]
+) -> tuple[dict[str, tuple[int, ...]], int]:
+    """Per video, the tasks still to do (videos with nothing missing left out), and how many were left out."""
+    todo: dict[str, tuple[int, ...]] = {}
+    skipped = 0
+    for vid in video_ids:
+        missing = missing_tasks(done.get(vid, ()), keys)
+        if missing:
+            todo[vid] = missing
+        else:
+            skipped += 1
+    return todo, skipped
