@@ -351,29 +351,41 @@ def test_shards_indexed_in_parallel_tasks_give_the_same_refs(ray_s3: None, seawe
     serial = list_videos(url, include=INCLUDE, endpoint_url=proxy.endpoint)
     proxy.reset()
     rows, counts = _stream(SourceConfig(input=url, s3_endpoint_url=proxy.endpoint))
-    by_uri = {r["uri"]: r for r in rows}
+    from pipeline.source.stream import ref_of
+
+    by_uri = {r["uri"]: ref_of(r) for r in rows}
     assert len(rows) == len(serial) == 60
-    assert all(by_uri[r.uri] == r.as_row() for r in serial)
+    assert all(by_uri[r.uri] == r for r in serial)
     assert proxy.counts()["HEAD"] == 4  # one per shard
     assert (counts.listed, counts.input_objects, counts.complete) == (60, 4, True)
 
 
 @pytest.mark.integration
-def test_the_done_set_and_a_jobs_filter_are_steps_of_the_stream(ray_s3: None, tmp_path: Path) -> None:
-    from pipeline.source.stream import keep_selected, listing_counts, new_tally, skip_done, video_dataset
+def test_done_work_and_a_jobs_filter_are_steps_of_the_stream(ray_s3: None, tmp_path: Path) -> None:
+    from pipeline.source.stream import (
+        keep_selected,
+        listing_counts,
+        new_tally,
+        ref_of,
+        skip_done,
+        video_dataset,
+    )
 
     root = _local_tree(tmp_path)
     plain = list_videos(root, include=INCLUDE)
-    done = {r.video_id for r in plain[:4]}
-    retried = {plain[5].video_id}
+    keys = ["k-caption", "k-count"]
+    done = {r.video_id: {"k-caption", "k-count"} for r in plain[:4]}  # all done
+    done[plain[4].video_id] = {"k-caption"}  # a task added since: only the count to do
+    committed = {plain[5].video_id: {"k-caption"}}  # done before with a status this run retries
     tally = new_tally()
     ds = keep_selected(video_dataset(SourceConfig(input=root), tally=tally), tally, lambda ref: "/c/" not in ref.uri)
-    rows = skip_done(ds, tally, done, retried).take_all()
-    left_out = [r for r in plain if "/c/" in r.uri]
-    expected = {r.uri for r in plain if "/c/" not in r.uri and r.video_id not in done}
-    assert {r["uri"] for r in rows} == expected
+    rows = [ref_of(r) for r in skip_done(ds, tally, done, keys, committed).take_all()]
+    left_out = {r.uri for r in plain if "/c/" in r.uri}
+    assert not left_out & {r.uri for r in plain[:6]}  # (the cases above are all kept by the filter)
+    expected = {r.uri: (1,) if r is plain[4] else (0, 1) for r in plain[4:] if r.uri not in left_out}
+    assert {r.uri: r.task_ids for r in rows} == expected
     counts = listing_counts(tally)
     assert (counts.listed, counts.rejected, counts.skipped, counts.to_process, counts.complete) == (
-        len(plain), len(left_out), len(done - {r.video_id for r in left_out}), len(expected), True)
-    assert counts.retried == (1 if "/c/" not in plain[5].uri else 0)
-    assert sorted(r["uri"] for r in counts.rejected_refs) == sorted(r.uri for r in left_out)
+        len(plain), len(left_out), 4, len(expected), True)
+    assert (counts.retried, counts.some_tasks, counts.pairs) == (1, 1, 2 * len(expected) - 1)
+    assert sorted(r["uri"] for r in counts.rejected_refs) == sorted(left_out)
