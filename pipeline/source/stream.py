@@ -49,6 +49,7 @@ from pipeline.source.refs import SourceError, VideoRef
 LISTING_TASKS = 8  # listing tasks at once: I/O bound, each a fraction of a CPU
 LISTING_CPUS = 0.25
 PLAN_LEVELS = 4 * LISTING_TASKS  # units the driver aims for: enough to keep the listing tasks busy
+MANIFEST_ROWS_PER_TASK = 1000
 REJECTED_KEPT = 10_000  # refs a job's filter left out, kept for the driver to report
 
 REF_SCHEMA = pa.schema(
@@ -511,11 +512,15 @@ class ListingPlan:
             _count_in_background(rows, tally)
         if source.max_videos:
             rows = rows.limit(source.max_videos)  # before any lookup: only these rows are ever read further
-        return rows.map_batches(
+        # A thousand rows a task: rows that need a lookup (no version column) are looked up by several
+        # tasks at once, each HEAD_THREADS at a time, instead of one task for the whole file.
+        return rows.repartition(target_num_rows_per_block=MANIFEST_ROWS_PER_TASK).map_batches(
             _manifest_refs,
             fn_kwargs={"uri_column": source.manifest_uri_column, "endpoint_url": source.s3_endpoint_url, "retry": self.retry},
             batch_format="pyarrow",
             batch_size=None,
+            num_cpus=LISTING_CPUS,
+            compute=ray.data.TaskPoolStrategy(size=LISTING_TASKS),
         )
 
 

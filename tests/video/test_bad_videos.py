@@ -140,6 +140,9 @@ def test_unreadable_objects_fail_at_fetch(tmp_path: Path, monkeypatch: pytest.Mo
         def size(self, path: str) -> int:
             raise PermissionError(13, "Access Denied")
 
+        def get_file(self, path: str, local: str) -> None:  # (a listed size spares the HEAD: the GET is refused)
+            raise PermissionError(13, "Access Denied")
+
     monkeypatch.setattr("pipeline.video.fetch.get_fs", lambda uri, endpoint=None: (DeniedFS(), uri))
     (row,) = decode_video({"video_id": "d", "uri": "s3://bucket/secret.mp4", "size_bytes": 10}, _settings())
     assert (row["error_stage"], row["error_type"]) == (DENIED.stage, DENIED.error_type)
