@@ -149,12 +149,12 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "member-read-ahead", "a shard member is one ranged read of its own bytes (no read-ahead past it)",
-        FETCH, 'fs.open(path, "rb", cache_type="none")', 'fs.open(path, "rb")',
+        FETCH, '{"cache_type": "none", **(', '{**(',
         (T_FETCH,),
     ),
     Mutation(
         "member-from-whole-shard", "a shard member is never fetched by reading the whole shard",
-        FETCH, 'fs.open(path, "rb", cache_type="none")', '__import__("io").BytesIO(fs.cat_file(path))',
+        FETCH, 'fs.open(path, "rb", **opts)', '__import__("io").BytesIO(fs.cat_file(path))',
         (T_FETCH,),
     ),
     Mutation(

@@ -72,16 +72,28 @@ def missing_tasks(done: Iterable[str], keys: Sequence[str]) -> tuple[int, ...]:
     return tuple(i for i, k in enumerate(keys) if k not in have)
 
 
-def plan_work(
-    video_ids: Iterable[str], done: Mapping[str, set[str]], keys: Sequence[str]
-) -> tuple[dict[str, tuple[int, ...]], int]:
-    """Per video, the tasks still to do (videos with nothing missing left out), and how many were left out."""
-    todo: dict[str, tuple[int, ...]] = {}
-    skipped = 0
+@dataclass
+class WorkDecision:
+    """What a batch of listed videos still needs: per video its missing task indexes, and counts."""
+
+    todo: dict[str, tuple[int, ...]]
+    skipped: int = 0  # videos with nothing missing
+    retried: int = 0  # videos whose missing work was committed before with a status this run retries
+    some_tasks: int = 0  # videos that need only some of the tasks
+    pairs: int = 0  # video x task pairs to do
+
+
+def decide_work(video_ids: Iterable[str], done: Mapping[str, set[str]], keys: Sequence[str],
+                committed: Mapping[str, set[str]] | None = None) -> WorkDecision:
+    """Per video, the tasks still to do given `done` (its completed keys), with the run's counts."""
+    decision = WorkDecision(todo={})
     for vid in video_ids:
         missing = missing_tasks(done.get(vid, ()), keys)
-        if missing:
-            todo[vid] = missing
-        else:
-            skipped += 1
-    return todo, skipped
+        if not missing:
+            decision.skipped += 1
+            continue
+        decision.todo[vid] = missing
+        decision.pairs += len(missing)
+        decision.some_tasks += len(missing) < len(keys)
+        decision.retried += any(keys[i] in (committed or {}).get(vid, ()) for i in missing)
+    return decision

@@ -26,15 +26,25 @@ from pipeline.observe.metrics import generate_seconds, stage_times
 from pipeline.observe.progress import RunProgress
 from pipeline.results.collect import VideoCollector, clean_row, video_tables
 from pipeline.results.tasks import Task
-from pipeline.results.work import plan_work, work_keys
+from pipeline.results.work import work_keys
 from pipeline.run import settings
 from pipeline.run.graph import build_dataset
 from pipeline.run.preflight import no_videos_message, preflight
 from pipeline.run.record import now_utc, runs_row, write_runs_row
 from pipeline.run.resources import ClusterInfo, unmet_needs
 from pipeline.run.summary import VIDEO_STATUSES, RunSummary, new_run_id, run_date_for
-from pipeline.source.listing import list_videos
 from pipeline.source.refs import SourceError, VideoRef
+from pipeline.source.stream import (
+    ListingCounts,
+    ListingPlan,
+    keep_selected,
+    listing_counts,
+    new_tally,
+    plan_listing,
+    ref_of,
+    skip_done,
+    watch_listing,
+)
 from pipeline.tables import layout
 from pipeline.tables.layout import ConditionalWriteUnsupported
 from pipeline.tables.leases import LeaseError, read_leases
@@ -65,6 +75,8 @@ class RunDriver:
     run record). `run()` does all three; a job may call them one by one.
 
     `video_filter` (optional) keeps only the listed videos it returns True for (a job's own selection).
+    It runs in the Ray tasks that list (so it must be picklable); the videos it left out are passed to it
+    once more on the driver after the stream (the first 10,000), so a job can report them.
     """
 
     def __init__(
@@ -80,7 +92,8 @@ class RunDriver:
         self.run_date = run_date_for(self.run_id)
         self.summary = RunSummary(run_id=self.run_id, output=config.output.output)
         self.tasks: list[Task] = []
-        self.todo: list[VideoRef] = []
+        self.refs: Any = None  # the videos to process: a Ray Data Dataset of VideoRef rows, listed as it streams
+        self.tally: Any = None  # pipeline.source.stream.ListingTally: what the listing saw
         self.work_keys: list[str] = []
         self.frame_size = 0
         self.sink: TableSink | None = None
@@ -94,19 +107,24 @@ class RunDriver:
     # -- prepare -----------------------------------------------------------------------------------
 
     def prepare(self) -> bool:
-        """Check the config and the model, list the input, skip what is committed. True if work remains."""
-        config, echo, summary = self.config, self.echo, self.summary
+        """Check the config and the model, start Ray, set up the listing (it streams: nothing is listed
+        here but a few first pages) and what is committed. True: stream() has work to look for."""
+        config, echo = self.config, self.echo
         install_log_redaction()
         preflight(config)  # every configuration check (model, output writable, ...), before Ray starts
         self.tasks = settings.tasks_of(config)
         endpoint = config.source.s3_endpoint_url
-        refs = self._list()
-        if not refs:
+        # -- listing (streamed: pipeline.source.stream) --------------------------------------------------
+        listing = self._plan_listing()  # a bad input fails here (exit 2), before Ray starts
+        if listing.empty:
             echo(no_videos_message(config))
-        summary.videos_listed = len(refs)
-        summary.input_objects = len({r.source_url or r.uri for r in refs})
-
+            return False
         self._check_run_id_unused()
+        _init_ray(config)  # then Ray, before any listing work: the listing runs in Ray tasks as the run goes
+        self.tally = new_tally(limit=config.source.max_videos)
+        self.refs = keep_selected(listing.dataset(self.tally), self.tally, self.video_filter)
+        # ------------------------------------------------------------------------------------------------
+
         sink = TableSink(
             config.output.output, run_date=self.run_date, endpoint_url=endpoint, retry=self.storage_retry,
             writer_id=self.run_id, purpose="pipeline run", lease_ttl_s=config.output.lease_ttl_s,
@@ -136,29 +154,29 @@ class RunDriver:
         removed = sink.recover()
         if removed:
             echo(f"recovered: removed {removed} uncommitted part file(s) left by a writer that is gone")
-        # Work identity: a video is done for a task when a committed row holds that task's work key (task,
-        # prompt, model, revision, sampling, windows): a new task or model over an old corpus does only that.
+        done, committed = self.done_work(sink)
+        # -- listing: what is done, a step of the stream (the work keys are broadcast once) ----------------
+        self.refs = skip_done(self.refs, self.tally, done, self.work_keys, committed)
+        echo(f"run {self.run_id}: listing {config.source.input} as the run goes (counts once it is complete)")
+        # ------------------------------------------------------------------------------------------------
+        return True
+
+    def done_work(self, sink: TableSink) -> tuple[dict[str, set[str]], dict[str, set[str]] | None]:
+        """Per video, the work keys already done, and (with --retry-statuses) those committed at all.
+
+        Work identity: a video is done for a task when a committed row holds that task's work key (task,
+        prompt, model, revision, sampling, windows): a new task or model over an old corpus does only that.
+        Done = a committed row whose status is not retried; the others are processed again.
+        """
+        config = self.config
+        self.tasks = self.tasks or settings.tasks_of(config)
         self.frame_size = settings.frame_size_of(config)
         self.work_keys = work_keys(self.tasks, settings.work_settings(config, self.frame_size))
         retry = set(config.output.retry_statuses)
         keep = [s for s in VIDEO_STATUSES if s not in retry] if retry else None
         done = sink.done_work(self.work_keys, self.tasks, config.model.model, statuses=keep)
-        missing, summary.videos_skipped = plan_work((r.video_id for r in refs), done, self.work_keys)
-        if retry:  # done = has a committed row whose status is not retried; the others are processed again
-            committed = sink.done_work(self.work_keys, self.tasks, config.model.model)
-            summary.videos_retried = sum(
-                1 for vid, ids in missing.items() if any(self.work_keys[i] in committed.get(vid, ()) for i in ids)
-            )
-            if summary.videos_retried:
-                echo(f"retrying {summary.videos_retried} video(s) whose status was {' or '.join(sorted(retry))}")
-        self.todo = [dataclasses.replace(r, task_ids=missing[r.video_id]) for r in refs if r.video_id in missing]
-        some = sum(1 for r in self.todo if len(r.task_ids) < len(self.tasks))
-        if some:
-            echo(f"{some} video(s) need only some of the tasks (new tasks or settings since they were done)")
-        pairs = sum(len(r.task_ids) for r in self.todo)
-        echo(f"run {self.run_id}: {len(refs)} video(s) listed under {config.source.input}, {len(self.todo)} to process "
-             f"({pairs} video x task pair(s))")
-        return bool(self.todo)
+        committed = sink.done_work(self.work_keys, self.tasks, config.model.model) if retry else None
+        return done, committed
 
     def _check_run_id_unused(self) -> None:
         """A run id names one run's history: a second run with the same id would overwrite its record."""
@@ -170,23 +188,34 @@ class RunDriver:
                 "a new id, or leave --run-id out to get a fresh one"
             )
 
-    def _list(self) -> list[VideoRef]:
-        config = self.config
+    def _plan_listing(self) -> ListingPlan:
+        """The input checked and split into listing tasks (a few requests; a bad input is a ConfigError)."""
         try:
-            refs = list_videos(
-                config.source.input,
-                include=config.source.include,
-                exclude=config.source.exclude,
-                endpoint_url=config.source.s3_endpoint_url,
-                max_videos=config.source.max_videos,
-                manifest_uri_column=config.source.manifest_uri_column,
-                retry=self.storage_retry,
-            )
+            return plan_listing(self.config.source, retry=self.storage_retry)
         except SourceError as exc:
             raise ConfigError(redact(exc)) from None
+
+    def _listing_complete(self, counts: ListingCounts, progress: RunProgress) -> None:
+        """Say what the listing found, once it is complete (from the listing watch's thread)."""
+        config, echo = self.config, self.echo
+        if counts.retried:
+            echo(f"retrying {counts.retried} video(s) whose status was {' or '.join(sorted(config.output.retry_statuses))}")
+        if counts.some_tasks:
+            echo(f"{counts.some_tasks} video(s) need only some of the tasks (new tasks or settings since they were done)")
+        echo(f"run {self.run_id}: {counts.listed} video(s) listed under {config.source.input}, {counts.to_process} to "
+             f"process ({counts.pairs} video x task pair(s))")
+        progress.total_videos = counts.to_process
+
+    def _count_listing(self, counts: ListingCounts) -> None:
+        """The listing's totals into the summary; the videos a job's filter left out go back to it."""
+        summary = self.summary
+        summary.videos_listed = counts.listed
+        summary.input_objects = counts.input_objects
+        summary.videos_skipped = counts.skipped
+        summary.videos_retried = counts.retried
         if self.video_filter is not None:
-            refs = [r for r in refs if self.video_filter(r)]
-        return refs
+            for row in counts.rejected_refs:
+                self.video_filter(ref_of(row))
 
     # -- stream ------------------------------------------------------------------------------------
 
@@ -217,15 +246,17 @@ class RunDriver:
         # pipeline.observe.progress.RunProgress replaces Ray Data's bars (two live displays garble a terminal).
         data_ctx.enable_progress_bars = False
         cluster = ClusterInfo.from_ray_nodes(ray.nodes())  # the alive nodes, each with its resources
-        plan = settings.resource_plan(config, cluster, num_videos=len(self.todo))
+        # The listing streams: how many videos is not known yet (blocks follow the videos, graph.py).
+        plan = settings.resource_plan(config, cluster, num_videos=config.source.max_videos or 2**31 - 1)
         summary.plan = plan.describe()
         echo(cluster.describe())
         echo(f"plan: {plan.describe()}")
         for warning in plan.warnings:
             echo(f"warning: {warning}")
-        ds = build_dataset(self.todo, decode_settings, host_settings, plan, stall_timeout_s=config.ray.stall_timeout_s)
+        ds = build_dataset(self.refs, decode_settings, host_settings, plan, stall_timeout_s=config.ray.stall_timeout_s)
         collector = VideoCollector(num_tasks=len(tasks))
-        progress = RunProgress(config.ray.progress, len(self.todo), num_tasks=len(tasks))
+        progress = RunProgress(config.ray.progress, 0, num_tasks=len(tasks))  # the total comes with the listing
+        listing = watch_listing(self.tally, lambda counts: self._listing_complete(counts, progress))
         call_latencies: set[float] = set()  # one value per model call (see observe.metrics.generate_seconds)
         taken: dict[str, set[tuple[Any, ...]]] = defaultdict(set)  # rows already taken, per unfinished video
         finished_ids: set[str] = set()
@@ -260,6 +291,14 @@ class RunDriver:
                 summary.write_s += time.perf_counter() - t_collect
         except Exception as exc:  # the stream broke (a Ray failure, storage down past its budget, ...)
             stream_error = exc
+        # -- listing: its totals, now that the stream ended ------------------------------------------------
+        counts = listing_counts(self.tally)
+        if not listing.stop() and stream_error is None:
+            self._listing_complete(counts, progress)
+        self._count_listing(counts)
+        if counts.listed == 0 and stream_error is None:
+            echo(no_videos_message(config))
+        # ------------------------------------------------------------------------------------------------
         t_collect = time.perf_counter()
         try:
             # What finished is committed even when the stream broke: a rerun then redoes only the rest.
@@ -273,12 +312,13 @@ class RunDriver:
             self._record(error=f"{type(stream_error).__name__}: {stream_error}")
             sink.close()
             committed = sink.videos_committed
-            remaining = len(self.todo) - committed
+            known = f" of {counts.to_process}" if counts.complete else ""  # the listing may not have finished
+            remaining = counts.to_process - committed if counts.complete else 1
             raise PipelineError(
                 redact(f"run stopped: {type(stream_error).__name__}: {stream_error}")[:4000]
                 + "".join(f"\n{need}" for need in unmet_needs(plan))  # e.g. the only decode node died
-                + f"\n{committed} video(s) of {len(self.todo)} were committed"
-                + (f"; rerun the same command to process the other {remaining}" if remaining > 0 else "")
+                + f"\n{committed} video(s){known} were committed"
+                + ("; rerun the same command to process the others" if remaining > 0 else "")
             ) from None
         if duplicates:
             log.info("dropped %d duplicate row(s) re-emitted by retried tasks", duplicates)
@@ -292,8 +332,8 @@ class RunDriver:
         leftover = collector.drain()
         # Videos that never reached the collector: their decode or model block failed past Ray's bounded
         # retries (max_errored_blocks lets the run go on). Nothing of them is written; a rerun processes them.
-        missing = [r for r in self.todo if r.video_id not in finished_ids and r.video_id not in leftover]
-        incomplete = len(leftover) + len(missing)
+        missing = max(0, counts.to_process - len(finished_ids) - len(leftover))
+        incomplete = len(leftover) + missing
         if incomplete:  # the stream ended without some windows: never write half a video
             echo(f"warning: {incomplete} video(s) incomplete at the end of the stream; a rerun processes them")
             summary.failed += incomplete

@@ -1,6 +1,7 @@
 """The one place the Ray Data graph is built: video refs -> decode tasks (CPU) -> Molmo2 actors (GPU).
 
-    from_items(VideoRef rows)
+    VideoRef rows (source.stream.video_dataset: listed by Ray tasks as the run goes; or from_items(list))
+      .repartition(target_num_rows_per_block=1)                                   # one video a decode task
       .map_batches(decode_batch, num_cpus=decode CPUs, [resources={decode_resource: 0.001}],
                    TaskPoolStrategy(decode concurrency))                                          # CPU
       .map_batches(Molmo2Host, num_gpus=1, ActorPoolStrategy(min..max model actors), batch_size=B)  # GPU
@@ -28,9 +29,14 @@ from pipeline.run.resources import DECODE_RESOURCE_PER_TASK, ResourcePlan
 from pipeline.source.refs import VideoRef
 from pipeline.video.decode import DecodeSettings, decode_batch
 
+# Videos per decode task. Blocks follow the corpus (one per video), so every decode task Ray can run has
+# work, whatever the corpus size; a task costs ~10 ms next to a video's seconds of decode, and a decode
+# process that dies retries one video, not a block of them.
+REFS_PER_BLOCK = 1
+
 
 def build_dataset(
-    refs: list[VideoRef],
+    refs: Any,
     decode: DecodeSettings,
     host: HostSettings,
     plan: ResourcePlan,
@@ -39,17 +45,22 @@ def build_dataset(
 ) -> Any:
     """The Ray Data graph for `refs` (a lazy Dataset; nothing runs until it is iterated).
 
-    `stall_timeout_s`: Ray Data stops the run when no block moves for this long (e.g. the only node
-    offering a stage's resources died); unset keeps Ray Data's default.
+    Args:
+        refs: a Ray Data Dataset of VideoRef rows (`pipeline.source.stream`), or a list of VideoRef
+            (tests, benchmarks).
+        stall_timeout_s: Ray Data stops the run when no block moves for this long (e.g. the only node
+            offering a stage's resources died); unset keeps Ray Data's default.
     """
     import ray
 
-    items = [r.as_row() for r in refs]
     retries = retry_limits(host, decode)
     decode_placement: dict[str, Any] = {}
     if plan.decode_resource:
         decode_placement["resources"] = {plan.decode_resource: DECODE_RESOURCE_PER_TASK}
-    ds: Any = ray.data.from_items(items, override_num_blocks=plan.input_blocks)
+    if isinstance(refs, list):
+        refs = ray.data.from_items([r.as_row() if isinstance(r, VideoRef) else r for r in refs],
+                                   override_num_blocks=max(1, min(len(refs), plan.input_blocks)))
+    ds: Any = refs.repartition(target_num_rows_per_block=REFS_PER_BLOCK)
     with warnings.catch_warnings():
         # Ray 2.60 has no named parameter for these yet; its generic remote-args route warns.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated.*")

@@ -129,6 +129,7 @@ def decode_video(ref: dict[str, Any], settings: DecodeSettings) -> Iterator[dict
             deadline=deadline,
             byte_offset=int(ref.get("byte_offset") or 0),
             byte_length=int(ref["byte_length"]) if ref.get("byte_length") is not None else -1,
+            size_hint=int(ref.get("size_bytes") or 0),
         ) as path:
             stage = "probe"
             deadline.check("opening the video")
@@ -225,6 +226,8 @@ def decode_batch(batch: dict[str, np.ndarray], settings: DecodeSettings) -> Iter
         t0 = time.perf_counter()  # metrics: time to produce each window row
         for row in _decode_guarded(ref, settings):
             record_window_decoded(time.perf_counter() - t0, row.get("decode_status", "ok"))  # metrics
+            if row["window_index"] >= 0:
+                faults.event("window-decoded", settings.test_hooks)  # TEST-ONLY (benchmarks time the first)
             yield {k: [v] if not isinstance(v, np.ndarray) else v[None, ...] for k, v in row.items()}
             t0 = time.perf_counter()  # metrics
 

@@ -1,5 +1,11 @@
-"""Fetch a video's bytes from any fsspec store to a local file (a shard member by ranged reads of its own
-bytes only: one per 8 MiB chunk, nothing before or after it)."""
+"""Fetch a video's bytes from any fsspec store to a local file (a shard member by ranged reads of its own bytes only:
+one per 8 MiB chunk, nothing before or after it).
+
+One request per video when the listing knew its size (a prefix listing, a manifest with a size column,
+a shard's index): the size check uses it and the object is read with one GET (ranged GETs of its own bytes for a shard member). A video listed without a size (a manifest row without one) costs a HEAD first. An object that
+is gone when read (deleted after listing, or a manifest row naming nothing) is an `ObjectMissing` error
+row of the fetch stage; the run goes on.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import Any
+
+from fsspec.spec import AbstractBufferedFile
 
 from pipeline.io.retry import DEFAULT_POLICY, RetryPolicy, StorageUnavailable, retry_call
 from pipeline.io.storage import get_fs
@@ -26,9 +34,15 @@ def _fetch_error(exc: BaseException, uri: str) -> BaseException:
 def _copy_range(fs: Any, path: str, dest: str, offset: int, length: int, chunk: int = 8 * 1024**2) -> int:
     """Copy `length` bytes (-1: to the end) of `path` from `offset` into the local file `dest`."""
     copied = 0
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    # A known range needs no HEAD for the object's size: the read stops at the range's end anyway.
+    known = length >= 0 and protocol not in ("file", "local")
     # No read-ahead cache: each read below is one ranged GET of exactly the bytes asked for. With the
     # default cache (s3fs: 50 MiB read-ahead blocks) a member's read also fetched the shard past it.
-    with fs.open(path, "rb", cache_type="none") as src, open(dest, "wb") as out:
+    opts: dict[str, Any] = {"cache_type": "none", **({"size": offset + length} if known else {})}
+    with fs.open(path, "rb", **opts) as src, open(dest, "wb") as out:
+        if known and isinstance(src, AbstractBufferedFile):  # (not hasattr: reading `details` is a HEAD)
+            src.details = {"name": path, "size": offset + length}  # else the first read asks for them (a HEAD)
         src.seek(offset)
         while length < 0 or copied < length:
             data = src.read(chunk if length < 0 else min(chunk, length - copied))
@@ -49,11 +63,13 @@ def local_copy(
     deadline: Deadline | None = None,
     byte_offset: int = 0,
     byte_length: int = -1,
+    size_hint: int = 0,
 ) -> Iterator[str]:
     """Yield a local path holding the object's bytes (downloaded if remote, removed afterwards).
 
     With `byte_offset`/`byte_length` (a video inside a tar shard) only that range is fetched, with one
-    ranged read per 8 MiB chunk, into a local file.
+    ranged read per 8 MiB chunk, into a local file. `size_hint` (> 0): the object's size as listed, trusted for the
+    size checks instead of asking the store.
     """
     deadline = deadline or Deadline(float("inf"))
     fs, path = get_fs(uri, endpoint_url)
@@ -61,6 +77,8 @@ def local_copy(
     ranged = byte_offset > 0 or byte_length >= 0
     if ranged and byte_length >= 0:
         size = byte_length
+    elif size_hint > 0 and byte_offset == 0:
+        size = size_hint
     else:
         try:
             size = int(retry_call(lambda: fs.size(path), f"size of {uri}", policy, deadline=deadline.at) or 0)

@@ -290,18 +290,22 @@ def test_retail_per_task_rate_is_checked_against_the_frame_budget(capsys: pytest
 
 
 def _nightly_todo(tmp_path: Path, *extra: str) -> tuple[set[str], int, int]:
-    """The nightly job's config (its defaults, then `extra` flags) through the driver's `prepare()`:
-    (the names of the videos it would process, videos retried, videos skipped)."""
+    """The nightly job's config (its defaults, then `extra` flags) through the driver's done-work step and
+    the listing's decision (`results.work.decide_work`, what each streamed batch runs): (the names of the
+    videos it would process, videos retried, videos skipped). No Ray, no model."""
+    from pipeline.results.work import decide_work
     from pipeline.run.driver import RunDriver
 
     model = tmp_path / "model"
     model.mkdir(exist_ok=True)
-    (model / "config.json").write_text('{"model_type": "molmo2"}')  # prepare() checks the model; loads nothing
+    (model / "config.json").write_text('{"model_type": "molmo2"}')  # the driver reads its geometry only
     _, config, _ = nightly_captions.build(["--input", str(tmp_path / "videos"), "--output", str(tmp_path / "out"),
                                            "--model", str(model), "--progress", "off", *extra])
     driver = RunDriver(config, echo=lambda _m: None)
-    driver.prepare()
-    return ({Path(r.uri).name for r in driver.todo}, driver.summary.videos_retried, driver.summary.videos_skipped)
+    done, committed = driver.done_work(TableSink(str(tmp_path / "out"), run_date="2026-01-03"))
+    listed = {r.video_id: Path(r.uri).name for r in list_videos(str(tmp_path / "videos"), include=VIDEO_GLOBS)}
+    decision = decide_work(listed, done, driver.work_keys, committed)
+    return {listed[v] for v in decision.todo}, decision.retried, decision.skipped
 
 
 def test_nightly_retries_failed_videos_and_skips_done_ones(tmp_path: Path) -> None:

@@ -7,9 +7,9 @@ import dataclasses
 from pipeline.results.tasks import build_tasks
 from pipeline.results.work import (
     WorkSettings,
+    decide_work,
     legacy_work_keys,
     missing_tasks,
-    plan_work,
     work_key,
     work_keys,
 )
@@ -36,8 +36,10 @@ def test_a_rerun_does_only_the_missing_pairs() -> None:
     tasks = build_tasks(["caption", "count:person"])
     keys = work_keys(tasks, BASE)
     done = {"v1": {keys[0]}, "v2": {keys[0], keys[1]}, "v3": {"some-other-model-key"}}
-    todo, skipped = plan_work(["v1", "v2", "v3", "v4"], done, keys)
-    assert todo == {"v1": (1,), "v3": (0, 1), "v4": (0, 1)} and skipped == 1
+    committed = {**done, "v4": {keys[1]}}  # v4's count was committed with a status this run retries
+    d = decide_work(["v1", "v2", "v3", "v4"], done, keys, committed)
+    assert d.todo == {"v1": (1,), "v3": (0, 1), "v4": (0, 1)} and d.skipped == 1
+    assert (d.pairs, d.some_tasks, d.retried) == (5, 1, 1)
     assert missing_tasks(keys, keys) == ()
 
 

@@ -136,7 +136,7 @@ def _decode_settings(**kw: Any) -> DecodeSettings:
 
 def test_decode_retries_a_flaky_store_then_fails_the_video_clearly(sample_videos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     video = sample_videos / "street_short.mp4"
-    ref = {"video_id": "v", "uri": f"flaky://{video}", "size_bytes": video.stat().st_size}
+    ref = {"video_id": "v", "uri": f"flaky://{video}", "size_bytes": 0}  # no listed size: the store is asked
     fs = FlakyFS(fail=2)
     monkeypatch.setattr("pipeline.video.fetch.get_fs", lambda uri, endpoint=None: (fs, uri.split("://", 1)[1]))
     rows = list(decode_video(ref, _decode_settings()))
@@ -217,12 +217,12 @@ def test_startup_errors_are_redacted(tiny_model_dir: Path, monkeypatch: pytest.M
     from pipeline.config import ConfigError, build_config
     from pipeline.run.driver import run_pipeline
 
-    def listing_fails(url: str, **_kw: Any) -> Any:
+    def listing_fails(source: Any, **_kw: Any) -> Any:
         from pipeline.source.refs import SourceError
 
-        raise SourceError(f"cannot list input {url}: ClientError: denied for {KEY_ID} with secret_key={SECRET}")
+        raise SourceError(f"cannot list input {source.input}: ClientError: denied for {KEY_ID} with secret_key={SECRET}")
 
-    monkeypatch.setattr("pipeline.run.driver.list_videos", listing_fails)
+    monkeypatch.setattr("pipeline.run.driver.plan_listing", listing_fails)
     cfg = build_config({"source": {"input": f"s3://{KEY_ID}:{SECRET}@bucket/videos"},
                         "model": {"model": str(tiny_model_dir)}, "output": {"output": "/tmp/unused"}})
     with pytest.raises(ConfigError) as info:

@@ -76,11 +76,11 @@ class _FlakyFS:
     def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
         return getattr(self._fs, name)
 
-    def isfile(self, path: str) -> bool:
+    def info(self, path: str, **kw: object) -> dict:
         self.calls += 1
         if self.calls <= self.failures:
             raise self.exc
-        return bool(self._fs.isfile(path))
+        return dict(self._fs.info(path, **kw))
 
 
 def test_listing_retries_transient_store_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -90,20 +90,20 @@ def test_listing_retries_transient_store_errors(tmp_path: Path, monkeypatch: pyt
     (tmp_path / "a.mp4").write_bytes(b"x")
     fast = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.02, budget_s=5)
     flaky = _FlakyFS(2, ConnectionRefusedError(111, "Connection refused"))
-    monkeypatch.setattr(source, "get_fs", lambda url, endpoint=None: (flaky, str(tmp_path)))
+    monkeypatch.setattr(source, "_uncached_fs", lambda url, endpoint=None: (flaky, str(tmp_path)))
     refs = list_videos(str(tmp_path), include=list(VIDEO_GLOBS), retry=fast)
     assert [Path(r.uri).name for r in refs] == ["a.mp4"] and flaky.calls == 3
 
     # Past the budget: a start-up error that names the input, not a traceback from deep in s3fs.
     down = _FlakyFS(100, ConnectionRefusedError(111, "Connection refused"))
-    monkeypatch.setattr(source, "get_fs", lambda url, endpoint=None: (down, str(tmp_path)))
+    monkeypatch.setattr(source, "_uncached_fs", lambda url, endpoint=None: (down, str(tmp_path)))
     with pytest.raises(SourceError, match="cannot list input"):
         list_videos(str(tmp_path), include=list(VIDEO_GLOBS), retry=fast)
     assert down.calls == 4
 
     # Not transient (permission): fails at once.
     denied = _FlakyFS(100, PermissionError("Access Denied"))
-    monkeypatch.setattr(source, "get_fs", lambda url, endpoint=None: (denied, str(tmp_path)))
+    monkeypatch.setattr(source, "_uncached_fs", lambda url, endpoint=None: (denied, str(tmp_path)))
     with pytest.raises(SourceError, match="Access Denied"):
         list_videos(str(tmp_path), include=list(VIDEO_GLOBS), retry=fast)
     assert denied.calls == 1

@@ -128,7 +128,8 @@ def test_shards_and_manifests_end_to_end(ray_local: None, tiny_model_dir: Path, 
     assert json.loads(by_uri["street_short.mp4"]["source_metadata"]) == {"store": "s1", "camera": "c1"}
     assert by_uri["gone.mp4"]["status"] == "failed"
     man_errors = pads.dataset(str(tmp_path / "out_manifest" / "errors"), partitioning="hive").to_table().to_pylist()
-    assert [(Path(e["uri"]).name, e["stage"]) for e in man_errors] == [("gone.mp4", "source")]
+    # No HEAD per row at listing: the missing object is found where it is fetched.
+    assert [(Path(e["uri"]).name, e["stage"], e["error_type"]) for e in man_errors] == [("gone.mp4", "fetch", "ObjectMissing")]
 
 
 def test_manifest_csv_and_jsonl_and_missing_column(tmp_path: Path) -> None:

@@ -155,6 +155,9 @@ def test_unreadable_objects_fail_at_fetch(tmp_path: Path, monkeypatch: pytest.Mo
         def size(self, path: str) -> int:
             raise PermissionError(13, "Access Denied")
 
+        def get_file(self, path: str, local: str) -> None:  # (a listed size spares the HEAD: the GET is refused)
+            raise PermissionError(13, "Access Denied")
+
     monkeypatch.setattr("pipeline.video.fetch.get_fs", lambda uri, endpoint=None: (DeniedFS(), uri))
     (row,) = decode_video({"video_id": "d", "uri": "s3://bucket/secret.mp4", "size_bytes": 10}, _settings())
     assert (row["error_stage"], row["error_type"]) == (DENIED.stage, DENIED.error_type)
@@ -171,20 +174,21 @@ def test_mixed_corpus_run(
 ) -> None:
     import pipeline.run.driver as run_mod
     from pipeline.config import build_config
+    from pipeline.source.stream import ListingPlan
 
     folder, expected = bad_corpus
     expected = dict(expected)
     # A local file the process may not read: tests/video/test_fetch.py (as root too); a real S3 AccessDenied:
     # tests/io/test_s3_storage.py::test_object_the_credentials_may_not_read_is_an_error_row.
 
-    real_list = run_mod.list_videos
+    real_dataset = ListingPlan.dataset
 
-    def list_then_delete(*args: Any, **kw: Any) -> Any:
-        refs = real_list(*args, **kw)
+    def list_then_delete(self: ListingPlan, *args: Any, **kw: Any) -> Any:
+        refs = real_dataset(self, *args, **kw).materialize()  # the listing streams: run it to the end here
         (folder / "vanished.mp4").unlink()  # deleted between listing and reading
         return refs
 
-    monkeypatch.setattr(run_mod, "list_videos", list_then_delete)
+    monkeypatch.setattr(ListingPlan, "dataset", list_then_delete)
     # TEST-ONLY hooks. Any generate batch of more than one window runs out of memory: batches must split.
     monkeypatch.setenv("MOLMO_BATCH_TEST_OOM_ABOVE", "1")
     # A model call holding crash_trigger.mp4's window kills its process (os._exit: a native crash). Ray

@@ -1,0 +1,532 @@
+"""The input as a stream: a Ray Data Dataset of VideoRef rows, listed by Ray tasks while the run works.
+
+Nothing is collected on the driver. Each input form is listed where Ray runs it, in parallel:
+
+- a folder or prefix: split into units on the driver (`listing.plan_units`: the first page of the first
+  levels, a few requests), then one read task per unit lists it page by page (1,000 keys a request on
+  S3) without any listing cache, include/exclude applied as it goes;
+- WebDataset shards: one read task per shard indexes it in one forward pass (`shards.index_shard`);
+- a manifest: read by Ray Data's own readers (`read_parquet`/`read_csv`/`read_json`), then turned into
+  refs in tasks; rows without version columns are looked up there, many at a time (`manifest`).
+
+`--max-videos N` is applied before any per-object work, and keeps the listing order of a plain listing:
+a prefix is then listed by one task in key order and stops after N matches, shards are indexed in order
+until N members, a manifest is cut to its first N rows before any lookup.
+
+A `ListingTally` actor counts what went by (listed, input objects, left out by a job's filter, already
+done, to process) so the driver can report it without holding the refs: `watch_listing` calls back once
+the listing is complete; `listing_counts` gives the totals after the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.config import SourceConfig
+from pipeline.io.retry import DEFAULT_POLICY, RetryPolicy
+from pipeline.results.work import decide_work
+from pipeline.source import manifest, shards
+from pipeline.source.listing import (
+    KEYS_PER_REQUEST,
+    Lister,
+    ListUnit,
+    TreeUnit,
+    listing_base,
+    plan_units,
+    refs_of,
+    unit_pages,
+    without_unmatched,
+)
+from pipeline.source.refs import SourceError, VideoRef
+
+LISTING_TASKS = 8  # listing tasks at once: I/O bound, each a fraction of a CPU
+LISTING_CPUS = 0.25
+PLAN_LEVELS = 4 * LISTING_TASKS  # units the driver aims for: enough to keep the listing tasks busy
+MANIFEST_ROWS_PER_TASK = 1000
+REJECTED_KEPT = 10_000  # refs a job's filter left out, kept for the driver to report
+
+REF_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("uri", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("version", pa.string()),
+        ("source_url", pa.string()),
+        ("byte_offset", pa.int64()),
+        ("byte_length", pa.int64()),
+        ("source_metadata", pa.string()),
+        ("source_error", pa.string()),
+        ("task_ids", pa.list_(pa.int32())),
+    ]
+)
+
+
+def refs_table(refs: Sequence[VideoRef]) -> pa.Table:
+    """VideoRef rows as one Arrow block."""
+    return pa.Table.from_pylist([r.as_row() for r in refs], schema=REF_SCHEMA)
+
+
+def ref_of(row: dict[str, Any]) -> VideoRef:
+    """A VideoRef from one row of the stream."""
+    fields = {name: row[name] for name in REF_SCHEMA.names}
+    fields["task_ids"] = tuple(int(i) for i in (fields["task_ids"] if fields["task_ids"] is not None else ()))
+    return VideoRef(**fields)
+
+
+# -- the tally ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ListingCounts:
+    """What the listing saw: the numbers the run summary reports."""
+
+    listed: int = 0  # videos listed (after include/exclude and --max-videos)
+    input_objects: int = 0  # distinct objects: files, tar shards, manifest entries
+    rejected: int = 0  # left out by the job's own filter
+    skipped: int = 0  # already done
+    retried: int = 0  # done before with a status this run retries
+    to_process: int = 0
+    some_tasks: int = 0  # videos to process for only some of the run's tasks (the others are done)
+    pairs: int = 0  # video x task pairs to process
+    complete: bool = False  # every listed video went through every step
+    rejected_refs: list[dict[str, Any]] = field(default_factory=list)  # the first REJECTED_KEPT left out
+
+
+class ListingTally:
+    """Counts the stream's rows at each step (a Ray actor, owned by the driver; see module docstring).
+
+    The listing is complete when its expected size is known (every read task said how many refs it
+    produced, or a manifest's row count, capped by --max-videos) and that many rows went through the
+    last step.
+    """
+
+    def __init__(self, *, limit: int | None = None) -> None:
+        self.counts = ListingCounts()
+        self.shard_urls: set[str] = set()
+        self.limit = limit
+        self.readers: int | None = None
+        self.readers_done = 0
+        self.produced = 0
+        self.expected_rows: int | None = None
+        self.has_decision_step = False
+        self._done = asyncio.Event()
+
+    def expect_readers(self, count: int) -> None:
+        self.readers = count
+        self._check()
+
+    def expect_rows(self, count: int) -> None:
+        self.expected_rows = count
+        self._check()
+
+    def reader_done(self, produced: int) -> None:
+        self.readers_done += 1
+        self.produced += produced
+        self._check()
+
+    def decision_step(self) -> None:
+        self.has_decision_step = True
+
+    def listed(self, count: int, standalone_objects: int, shard_urls: list[str]) -> None:
+        self.counts.listed += count
+        self.shard_urls.update(shard_urls)
+        self.counts.input_objects += standalone_objects
+        self._check()
+
+    def selected(self, rejected: list[dict[str, Any]]) -> None:
+        self.counts.rejected += len(rejected)
+        room = REJECTED_KEPT - len(self.counts.rejected_refs)
+        self.counts.rejected_refs.extend(rejected[: max(0, room)])
+        self._check()
+
+    def decided(self, *, skipped: int, retried: int, kept: int, some_tasks: int = 0, pairs: int = 0) -> None:
+        self.counts.skipped += skipped
+        self.counts.retried += retried
+        self.counts.to_process += kept
+        self.counts.some_tasks += some_tasks
+        self.counts.pairs += pairs
+        self._check()
+
+    def _expected(self) -> int | None:
+        if self.expected_rows is not None:
+            total = self.expected_rows
+        elif self.readers is not None and self.readers_done >= self.readers:
+            total = self.produced
+        else:
+            return None
+        return min(total, self.limit) if self.limit else total
+
+    def _check(self) -> None:
+        c = self.counts
+        expected = self._expected()
+        listed_all = (expected is not None and c.listed >= expected) or bool(self.limit and c.listed >= self.limit)
+        decided = c.rejected + c.skipped + c.to_process
+        if listed_all and (not self.has_decision_step or decided >= c.listed):
+            c.complete = True
+            self._done.set()
+
+    def snapshot(self) -> ListingCounts:
+        c = self.counts
+        return ListingCounts(**{**asdict(c), "input_objects": c.input_objects + len(self.shard_urls)})
+
+    async def wait_complete(self) -> ListingCounts:
+        await self._done.wait()
+        return self.snapshot()
+
+
+def new_tally(*, limit: int | None = None) -> Any:
+    """A ListingTally actor (no CPU) for one run."""
+    import ray
+
+    return ray.remote(num_cpus=0)(ListingTally).remote(limit=limit)
+
+
+def listing_counts(tally: Any) -> ListingCounts:
+    import ray
+
+    return ray.get(tally.snapshot.remote())
+
+
+class ListingWatch:
+    """Calls `on_complete(counts)` from a background thread once the listing is complete; `stop()` ends
+    the wait (at the end of the stream) and says whether the callback ran."""
+
+    def __init__(self, tally: Any, on_complete: Callable[[ListingCounts], None]) -> None:
+        import ray
+
+        self._ref = tally.wait_complete.remote()
+        self._stop = threading.Event()
+        self.called = threading.Event()
+
+        def wait() -> None:
+            while not self._stop.is_set():
+                ready, _ = ray.wait([self._ref], timeout=0.5)
+                if ready:
+                    on_complete(ray.get(self._ref))
+                    self.called.set()
+                    return
+
+        self._thread = threading.Thread(target=wait, name="listing-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> bool:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return self.called.is_set()
+
+
+def watch_listing(tally: Any, on_complete: Callable[[ListingCounts], None]) -> ListingWatch:
+    return ListingWatch(tally, on_complete)
+
+
+# -- steps the driver adds ------------------------------------------------------------------------------
+
+
+def _count_listed(batch: pa.Table, tally: Any) -> pa.Table:
+    import ray
+
+    sources = batch.column("source_url").to_pylist()
+    shard_urls = sorted({s for s in sources if s})
+    ray.get(tally.listed.remote(batch.num_rows, sum(1 for s in sources if not s), shard_urls))
+    return batch
+
+
+def keep_selected(ds: Any, tally: Any, video_filter: Callable[[VideoRef], bool] | None) -> Any:
+    """The videos `video_filter` keeps (a job's own selection; it runs in Ray tasks, so it must be
+    picklable); the ones it leaves out are counted, and the first REJECTED_KEPT kept for the driver."""
+    if video_filter is None:
+        return ds
+
+    def select(batch: pa.Table) -> pa.Table:
+        import ray
+
+        rows = batch.to_pylist()
+        keep = [video_filter(ref_of(r)) for r in rows]
+        ray.get(tally.selected.remote([r for r, k in zip(rows, keep, strict=True) if not k]))
+        return batch.filter(pa.array(keep, type=pa.bool_()))
+
+    return ds.map_batches(select, batch_format="pyarrow", batch_size=None)
+
+
+_BROADCAST: dict[str, Any] = {}  # per worker process: the done work, fetched once, not once per block
+
+
+def _broadcast_value(ref: Any) -> Any:
+    import ray
+
+    key = ref.hex()
+    if key not in _BROADCAST:
+        if len(_BROADCAST) >= 2:  # one run at a time per worker: drop the last run's values
+            _BROADCAST.clear()
+        _BROADCAST[key] = ray.get(ref)
+    return _BROADCAST[key]
+
+
+def skip_done(
+    ds: Any, tally: Any, done: Mapping[str, set[str]], keys: Sequence[str], committed: Mapping[str, set[str]] | None = None
+) -> Any:
+    """Per video, the run's tasks still to do (`pipeline.results.work`): videos with nothing missing are
+    dropped, the others carry their `task_ids`. Counts skipped, retried (a missing key that `committed`
+    holds: done before with a status this run retries), videos needing only some tasks, and pairs.
+
+    `done` / `committed`: per video, the work keys of its committed rows. They go to the object store once
+    (`ray.put`) and each worker process reads them once.
+    """
+    import ray
+
+    tally.decision_step.remote()
+    done_ref = ray.put(dict(done))
+    committed_ref = ray.put(dict(committed or {}))
+    key_list = list(keys)
+
+    def decide(batch: pa.Table) -> pa.Table:
+        done_keys, committed_keys = _broadcast_value(done_ref), _broadcast_value(committed_ref)
+        ids = batch.column("video_id").to_pylist()
+        d = decide_work(ids, done_keys, key_list, committed_keys)
+        kept = batch.filter(pa.array([vid in d.todo for vid in ids], type=pa.bool_()))
+        task_ids = [list(d.todo[vid]) for vid in kept.column("video_id").to_pylist()]
+        kept = kept.set_column(kept.schema.get_field_index("task_ids"), "task_ids",
+                               pa.array(task_ids, type=pa.list_(pa.int32())))
+        ray.get(tally.decided.remote(skipped=d.skipped, retried=d.retried, kept=len(task_ids),
+                                     some_tasks=d.some_tasks, pairs=d.pairs))
+        return kept
+
+    # The sets are closed over by reference (ObjectRefs), never pickled into every task.
+    return ds.map_batches(decide, batch_format="pyarrow", batch_size=None)
+
+
+# -- the readers ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _UnitJob:
+    """One listing unit of a folder/prefix."""
+
+    lister: Lister
+    unit: ListUnit
+    base: str
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    limit: int | None = None  # --max-videos: stop after this many (the unit is then the whole tree, in order)
+
+    def pages(self) -> Iterator[list[VideoRef]]:
+        left = self.limit
+        for page in unit_pages(self.lister, self.unit):
+            refs = [page] if isinstance(page, VideoRef) else refs_of(
+                self.lister, page, base=self.base, include=self.include, exclude=self.exclude
+            )
+            if left is not None:
+                refs = refs[:left]
+                left -= len(refs)
+            if refs:
+                yield refs
+            if left is not None and left <= 0:
+                return
+
+
+@dataclass(frozen=True)
+class _ShardJob:
+    """Tar shards indexed one after another (one shard per job, or all of them in order under --max-videos)."""
+
+    urls: tuple[str, ...]
+    suffixes: tuple[str, ...]
+    endpoint_url: str | None
+    retry: RetryPolicy
+    limit: int | None = None
+
+    def pages(self) -> Iterator[list[VideoRef]]:
+        left = self.limit
+        for url in self.urls:
+            refs = shards.index_shard(url, video_suffixes=self.suffixes, endpoint_url=self.endpoint_url, retry=self.retry)
+            if left is not None:
+                refs = refs[:left]
+                left -= len(refs)
+            if refs:
+                yield refs
+            if left is not None and left <= 0:
+                return
+
+
+@dataclass(frozen=True)
+class _ManifestJob:
+    """A presigned manifest (its signature is in the URL's query, which Ray's readers would take for part
+    of a path): read through fsspec in one task, refs made a thousand rows at a time."""
+
+    url: str
+    uri_column: str
+    endpoint_url: str | None
+    retry: RetryPolicy
+    limit: int | None = None
+
+    def pages(self) -> Iterator[list[VideoRef]]:
+        table = manifest.read_table(self.url, endpoint_url=self.endpoint_url)
+        if self.limit is not None:
+            table = table.slice(0, self.limit)
+        for batch in table.to_batches(max_chunksize=1000):
+            yield manifest.refs_from_rows(batch.to_pylist(), uri_column=self.uri_column,
+                                          endpoint_url=self.endpoint_url, retry=self.retry)
+
+
+Job = _UnitJob | _ShardJob | _ManifestJob
+
+
+def _read_job(job: Job, tally: Any) -> Iterator[pa.Table]:
+    import ray
+
+    produced = 0
+    for refs in job.pages():
+        produced += len(refs)
+        yield refs_table(refs)
+    if tally is not None:
+        ray.get(tally.reader_done.remote(produced))
+
+
+def _jobs_dataset(jobs: Sequence[Job], name: str, tally: Any) -> Any:
+    import ray
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class RefsDatasource(Datasource):
+        def get_name(self) -> str:
+            return name
+
+        def estimate_inmemory_data_size(self) -> int | None:
+            return None
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None) -> list[ReadTask]:
+            meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None)
+            return [
+                ReadTask(lambda job=job: _read_job(job, tally), meta, schema=REF_SCHEMA, per_task_row_limit=per_task_row_limit)
+                for job in jobs
+            ]
+
+    if tally is not None:
+        tally.expect_readers.remote(len(jobs))
+    if not jobs:
+        return ray.data.from_arrow(REF_SCHEMA.empty_table())
+    return ray.data.read_datasource(
+        RefsDatasource(), override_num_blocks=len(jobs), num_cpus=LISTING_CPUS, concurrency=min(LISTING_TASKS, len(jobs))
+    )
+
+
+def _manifest_refs(batch: pa.Table, uri_column: str, endpoint_url: str | None, retry: RetryPolicy) -> pa.Table:
+    rows = batch.to_pylist()
+    return refs_table(manifest.refs_from_rows(rows, uri_column=uri_column, endpoint_url=endpoint_url, retry=retry))
+
+
+def _count_in_background(rows: Any, tally: Any) -> None:
+    """Tell the tally the manifest's row count (Parquet: from its footer; CSV/JSON: counted by a Ray
+    task) without holding up the stream."""
+
+    def count() -> None:
+        # An unreadable manifest is reported by the stream itself; the count only feeds the listing line.
+        with contextlib.suppress(Exception):
+            tally.expect_rows.remote(int(rows.count()))
+
+    threading.Thread(target=count, name="manifest-count", daemon=True).start()
+
+
+class ListingPlan:
+    """An input checked and split on the driver (a few requests, no Ray): `dataset()` is the stream.
+
+    Raises (from the constructor):
+        SourceError: the input does not exist, cannot be listed, matches no shard, or a manifest lacks
+            its URI column.
+    """
+
+    def __init__(self, source: SourceConfig, *, retry: RetryPolicy = DEFAULT_POLICY, page_size: int = KEYS_PER_REQUEST) -> None:
+        self.source = source
+        self.retry = retry
+        self.jobs: list[Job] = []
+        self.empty = False  # known on the driver already: the input holds no video
+        self.kind = (
+            "manifest" if manifest.is_manifest_input(source.input) else "shards" if shards.is_shard_input(source.input) else "prefix"
+        )
+        limit = source.max_videos
+        if self.kind == "manifest":
+            manifest.check_manifest(source.input, uri_column=source.manifest_uri_column, endpoint_url=source.s3_endpoint_url)
+            if manifest.is_signed(source.input):
+                self.jobs = [_ManifestJob(source.input, source.manifest_uri_column, source.s3_endpoint_url, retry, limit)]
+        elif self.kind == "shards":
+            urls = shards.expand_shards(source.input, source.s3_endpoint_url)
+            if not urls:
+                raise SourceError(f"no shards match {source.input}")
+            suffixes = tuple(shards.video_suffixes(source.include))
+            groups = [tuple(urls)] if limit else [(u,) for u in urls]  # --max-videos: in order, until N members
+            self.jobs = [_ShardJob(g, suffixes, source.s3_endpoint_url, retry, limit) for g in groups]
+        else:
+            lister = Lister(source.input, source.s3_endpoint_url, retry, page_size=page_size)
+            include, exclude = tuple(source.include), tuple(source.exclude)
+            units = plan_units(lister, max_levels=1 if limit else PLAN_LEVELS)
+            base = listing_base(lister, units)
+            units = without_unmatched(units, base=base, include=include, exclude=exclude)
+            self.empty = not units
+            if limit and units and base == lister.root:  # a folder (not one file): the first N in key order
+                units = [TreeUnit(lister.root)]  # one task, stopping after the first N matches
+            self.jobs = [_UnitJob(lister, u, base, include, exclude, limit) for u in units]
+
+    def dataset(self, tally: Any = None) -> Any:
+        """The videos as a lazy Ray Data Dataset of VideoRef rows (REF_SCHEMA), listed in Ray tasks as the
+        stream is consumed; `tally` (a `new_tally()` actor) counts them. Needs Ray started."""
+        source = self.source
+        if self.kind == "manifest" and not self.jobs:
+            ds = self._manifest_dataset(tally)
+        else:
+            name = {"shards": "IndexShards", "manifest": "ReadManifest"}.get(self.kind, "ListVideos")
+            ds = _jobs_dataset(self.jobs, name, tally)
+        if source.max_videos:
+            ds = ds.limit(source.max_videos)
+        if tally is not None:
+            ds = ds.map_batches(_count_listed, fn_kwargs={"tally": tally}, batch_format="pyarrow", batch_size=None)
+        return ds
+
+    def _manifest_dataset(self, tally: Any) -> Any:
+        import ray
+
+        from pipeline.io.storage import get_fs
+
+        source = self.source
+        fs, path = get_fs(source.input, source.s3_endpoint_url)
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        where: dict[str, Any] = {} if protocol in ("file", "local") else {"filesystem": fs}
+        reader = {"parquet": ray.data.read_parquet, "csv": ray.data.read_csv, "json": ray.data.read_json}[
+            manifest.manifest_format(source.input)
+        ]
+        rows = reader(path, file_extensions=None, **where)
+        if tally is not None:
+            _count_in_background(rows, tally)
+        if source.max_videos:
+            rows = rows.limit(source.max_videos)  # before any lookup: only these rows are ever read further
+        # A thousand rows a task: rows that need a lookup (no version column) are looked up by several
+        # tasks at once, each HEAD_THREADS at a time, instead of one task for the whole file.
+        return rows.repartition(target_num_rows_per_block=MANIFEST_ROWS_PER_TASK).map_batches(
+            _manifest_refs,
+            fn_kwargs={"uri_column": source.manifest_uri_column, "endpoint_url": source.s3_endpoint_url, "retry": self.retry},
+            batch_format="pyarrow",
+            batch_size=None,
+            num_cpus=LISTING_CPUS,
+            compute=ray.data.TaskPoolStrategy(size=LISTING_TASKS),
+        )
+
+
+def plan_listing(source: SourceConfig, *, retry: RetryPolicy = DEFAULT_POLICY, page_size: int = KEYS_PER_REQUEST) -> ListingPlan:
+    """Check `source` and split it into listing tasks, on the driver, before Ray starts (see ListingPlan)."""
+    return ListingPlan(source, retry=retry, page_size=page_size)
+
+
+def video_dataset(
+    source: SourceConfig, *, retry: RetryPolicy = DEFAULT_POLICY, tally: Any = None, page_size: int = KEYS_PER_REQUEST
+) -> Any:
+    """The videos of `source` as a lazy Ray Data Dataset of VideoRef rows: `plan_listing(...).dataset(tally)`.
+
+    Raises:
+        SourceError: see ListingPlan.
+    """
+    return plan_listing(source, retry=retry, page_size=page_size).dataset(tally)
