@@ -347,7 +347,15 @@ def test_placement_by_resources_and_a_gpu_node_lost_mid_run(
     assert run.error is None, run.error
     assert run.summary is not None
     summary = run.summary
-    assert summary.exit_code == 0 and summary.ok == NUM_VIDEOS, summary.render()
+    # Outputs the lost node had produced but not yet handed to the driver are lost with the node (Ray does not
+    # rebuild an actor task's output); their videos end as run:Incomplete, nothing of them is written, and the
+    # same command again processes them (docs/many-machines.md). Whether any were pending is a matter of timing.
+    incomplete = summary.error_types.get("run:Incomplete", 0)
+    assert set(summary.error_types) <= {"run:Incomplete"}, summary.render()
+    assert summary.ok + incomplete == NUM_VIDEOS and summary.partial == 0, summary.render()
+    if incomplete:
+        again = run_pipeline(config, echo=lambda _m: None)
+        assert again.exit_code == 0 and again.ok == incomplete, again.render()
     # At start the run printed the cluster it saw, the plan, and the decode/GPU balance warning.
     text = "\n".join(run.messages)
     assert "cluster: 4 node(s), 5 CPU, 2 GPU" in text and "decode=2" in text, text
