@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -305,6 +305,20 @@ def skip_done(
 # -- the readers ----------------------------------------------------------------------------------------
 
 
+def _capped(pages: Iterable[list[VideoRef]], limit: int | None) -> Iterator[list[VideoRef]]:
+    """The non-empty pages, cut to `limit` refs in all (None: no limit); stops reading at the limit, so no
+    page past it is listed (--max-videos before any per-object work)."""
+    left = limit
+    for refs in pages:
+        if left is not None:
+            refs = refs[:left]
+            left -= len(refs)
+        if refs:
+            yield refs
+        if left is not None and left <= 0:
+            return
+
+
 @dataclass(frozen=True)
 class _UnitJob:
     """One listing unit of a folder/prefix."""
@@ -317,18 +331,12 @@ class _UnitJob:
     limit: int | None = None  # --max-videos: stop after this many (the unit is then the whole tree, in order)
 
     def pages(self) -> Iterator[list[VideoRef]]:
-        left = self.limit
-        for page in unit_pages(self.lister, self.unit):
-            refs = [page] if isinstance(page, VideoRef) else refs_of(
-                self.lister, page, base=self.base, include=self.include, exclude=self.exclude
-            )
-            if left is not None:
-                refs = refs[:left]
-                left -= len(refs)
-            if refs:
-                yield refs
-            if left is not None and left <= 0:
-                return
+        return _capped(
+            ([page] if isinstance(page, VideoRef) else refs_of(
+                self.lister, page, base=self.base, include=self.include, exclude=self.exclude)
+             for page in unit_pages(self.lister, self.unit)),
+            self.limit,
+        )
 
 
 @dataclass(frozen=True)
@@ -342,16 +350,11 @@ class _ShardJob:
     limit: int | None = None
 
     def pages(self) -> Iterator[list[VideoRef]]:
-        left = self.limit
-        for url in self.urls:
-            refs = shards.index_shard(url, video_suffixes=self.suffixes, endpoint_url=self.endpoint_url, retry=self.retry)
-            if left is not None:
-                refs = refs[:left]
-                left -= len(refs)
-            if refs:
-                yield refs
-            if left is not None and left <= 0:
-                return
+        return _capped(
+            (shards.index_shard(url, video_suffixes=self.suffixes, endpoint_url=self.endpoint_url, retry=self.retry)
+             for url in self.urls),
+            self.limit,
+        )
 
 
 @dataclass(frozen=True)
