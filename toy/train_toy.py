@@ -158,6 +158,8 @@ def save_pretrained(model: Any, processor: Any, out: Path) -> None:
         meta = out.parent / "init" / "molmo_toy.json"
     if meta.exists():
         shutil.copy(meta, tmp / "molmo_toy.json")
+    for f in tmp.iterdir():
+        f.chmod(0o644)  # save_pretrained writes the weights 0600
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
