@@ -372,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=DELAY_S * 1000, help="Latency the proxy adds per request.")
     args = parser.parse_args(argv)
     prepare_environment()
+    # Stopped (SIGTERM): unwind, so the run in progress is killed and SeaweedFS stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_a: sys.exit(143))
     from pipeline.devtools.latency_proxy import LatencyProxy
     from pipeline.devtools.seaweed import SeaweedServer
 

@@ -51,6 +51,9 @@ LISTING_TASKS = 8  # listing tasks at once: I/O bound, each a fraction of a CPU
 LISTING_CPUS = 0.25
 PLAN_LEVELS = 4 * LISTING_TASKS  # units the driver aims for: enough to keep the listing tasks busy
 MANIFEST_ROWS_PER_TASK = 1000
+# The steps between listing and decode (count, a job's filter, what is done) are light: a quarter CPU
+# each, so they never hold a CPU a decode task could use.
+STEP_CPUS = 0.25
 REJECTED_KEPT = 10_000  # refs a job's filter left out, kept for the driver to report
 
 REF_SCHEMA = pa.schema(
@@ -257,7 +260,7 @@ def keep_selected(ds: Any, tally: Any, video_filter: Callable[[VideoRef], bool] 
         tally.selected.remote([r for r, k in zip(rows, keep, strict=True) if not k])
         return batch.filter(pa.array(keep, type=pa.bool_()))
 
-    return ds.map_batches(select, batch_format="pyarrow", batch_size=None)
+    return ds.map_batches(select, batch_format="pyarrow", batch_size=None, num_cpus=STEP_CPUS)
 
 
 _BROADCAST: dict[str, Any] = {}  # per worker process: the done work, fetched once, not once per block
@@ -311,7 +314,7 @@ def skip_done(
         return kept
 
     # The sets are closed over by reference (ObjectRefs), never pickled into every task.
-    return ds.map_batches(decide, batch_format="pyarrow", batch_size=None)
+    return ds.map_batches(decide, batch_format="pyarrow", batch_size=None, num_cpus=STEP_CPUS)
 
 
 # -- the readers ----------------------------------------------------------------------------------------
@@ -507,7 +510,8 @@ class ListingPlan:
         if source.max_videos:
             ds = ds.limit(source.max_videos)
         if tally is not None:
-            ds = ds.map_batches(_count_listed, fn_kwargs={"tally": tally}, batch_format="pyarrow", batch_size=None)
+            ds = ds.map_batches(_count_listed, fn_kwargs={"tally": tally}, batch_format="pyarrow", batch_size=None,
+                                num_cpus=STEP_CPUS)
         return ds
 
     def _manifest_dataset(self, tally: Any) -> Any:

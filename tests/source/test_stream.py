@@ -359,6 +359,12 @@ def test_shards_indexed_in_parallel_tasks_give_the_same_refs(ray_s3: None, seawe
     assert proxy.counts()["HEAD"] == 4  # one per shard
     assert (counts.listed, counts.input_objects, counts.complete) == (60, 4, True)
 
+    # --max-videos: the shards in order, until N members; no shard after them is looked at.
+    proxy.reset()
+    rows, counts = _stream(SourceConfig(input=url, s3_endpoint_url=proxy.endpoint, max_videos=5))
+    assert [r["uri"] for r in rows] == [r.uri for r in serial[:5]]
+    assert proxy.counts()["HEAD"] == 1 and counts.listed == 5
+
 
 @pytest.mark.integration
 def test_done_work_and_a_jobs_filter_are_steps_of_the_stream(ray_s3: None, tmp_path: Path) -> None:
