@@ -52,6 +52,8 @@ from pipeline.tables.sink import TableSink
 
 log = logging.getLogger("pipeline")
 
+LISTING_REPORTS_WAIT_S = 30.0  # after the stream: the listing steps' last counts on their way to the tally
+
 
 def _init_ray(config: RunConfig) -> None:
     import ray
@@ -292,7 +294,7 @@ class RunDriver:
         except Exception as exc:  # the stream broke (a Ray failure, storage down past its budget, ...)
             stream_error = exc
         # -- listing: its totals, now that the stream ended ------------------------------------------------
-        counts = listing_counts(self.tally)
+        counts = listing_counts(self.tally, wait_s=LISTING_REPORTS_WAIT_S if stream_error is None else 0.0)
         if not listing.stop() and stream_error is None:
             self._listing_complete(counts, progress)
         self._count_listing(counts)

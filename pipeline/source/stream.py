@@ -37,6 +37,7 @@ from pipeline.source.listing import (
     KEYS_PER_REQUEST,
     Lister,
     ListUnit,
+    ObjectsUnit,
     TreeUnit,
     listing_base,
     plan_units,
@@ -50,6 +51,9 @@ LISTING_TASKS = 8  # listing tasks at once: I/O bound, each a fraction of a CPU
 LISTING_CPUS = 0.25
 PLAN_LEVELS = 4 * LISTING_TASKS  # units the driver aims for: enough to keep the listing tasks busy
 MANIFEST_ROWS_PER_TASK = 1000
+# The steps between listing and decode (count, a job's filter, what is done) are light: a quarter CPU
+# each, so they never hold a CPU a decode task could use.
+STEP_CPUS = 0.25
 REJECTED_KEPT = 10_000  # refs a job's filter left out, kept for the driver to report
 
 REF_SCHEMA = pa.schema(
@@ -107,7 +111,7 @@ class ListingTally:
     last step.
     """
 
-    def __init__(self, *, limit: int | None = None) -> None:
+    def __init__(self, *, limit: int | None = None, decisions: bool = True) -> None:
         self.counts = ListingCounts()
         self.shard_urls: set[str] = set()
         self.limit = limit
@@ -115,7 +119,7 @@ class ListingTally:
         self.readers_done = 0
         self.produced = 0
         self.expected_rows: int | None = None
-        self.has_decision_step = False
+        self.has_decision_step = decisions  # a skip_done step counts every listed video (the driver's graph)
         self._done = asyncio.Event()
 
     def expect_readers(self, count: int) -> None:
@@ -130,9 +134,6 @@ class ListingTally:
         self.readers_done += 1
         self.produced += produced
         self._check()
-
-    def decision_step(self) -> None:
-        self.has_decision_step = True
 
     def listed(self, count: int, standalone_objects: int, shard_urls: list[str]) -> None:
         self.counts.listed += count
@@ -181,16 +182,25 @@ class ListingTally:
         return self.snapshot()
 
 
-def new_tally(*, limit: int | None = None) -> Any:
-    """A ListingTally actor (no CPU) for one run."""
+def new_tally(*, limit: int | None = None, decisions: bool = True) -> Any:
+    """A ListingTally actor (no CPU) for one run; `decisions`: the graph has a `skip_done` step."""
     import ray
 
-    return ray.remote(num_cpus=0)(ListingTally).remote(limit=limit)
+    return ray.remote(num_cpus=0)(ListingTally).remote(limit=limit, decisions=decisions)
 
 
-def listing_counts(tally: Any) -> ListingCounts:
+def listing_counts(tally: Any, *, wait_s: float = 0.0) -> ListingCounts:
+    """The tally's counts; with `wait_s`, first wait (at most that long) for the listing to be complete.
+
+    The steps report to the tally without waiting for it (a step never blocks on the actor), so right
+    after the stream ends its last reports may still be on their way: the driver waits for them.
+    """
     import ray
 
+    if wait_s > 0:
+        ready, _ = ray.wait([tally.wait_complete.remote()], timeout=wait_s)
+        if ready:
+            return ray.get(ready[0])
     return ray.get(tally.snapshot.remote())
 
 
@@ -230,11 +240,10 @@ def watch_listing(tally: Any, on_complete: Callable[[ListingCounts], None]) -> L
 
 
 def _count_listed(batch: pa.Table, tally: Any) -> pa.Table:
-    import ray
 
     sources = batch.column("source_url").to_pylist()
     shard_urls = sorted({s for s in sources if s})
-    ray.get(tally.listed.remote(batch.num_rows, sum(1 for s in sources if not s), shard_urls))
+    tally.listed.remote(batch.num_rows, sum(1 for s in sources if not s), shard_urls)
     return batch
 
 
@@ -245,14 +254,13 @@ def keep_selected(ds: Any, tally: Any, video_filter: Callable[[VideoRef], bool] 
         return ds
 
     def select(batch: pa.Table) -> pa.Table:
-        import ray
 
         rows = batch.to_pylist()
         keep = [video_filter(ref_of(r)) for r in rows]
-        ray.get(tally.selected.remote([r for r, k in zip(rows, keep, strict=True) if not k]))
+        tally.selected.remote([r for r, k in zip(rows, keep, strict=True) if not k])
         return batch.filter(pa.array(keep, type=pa.bool_()))
 
-    return ds.map_batches(select, batch_format="pyarrow", batch_size=None)
+    return ds.map_batches(select, batch_format="pyarrow", batch_size=None, num_cpus=STEP_CPUS)
 
 
 _BROADCAST: dict[str, Any] = {}  # per worker process: the done work, fetched once, not once per block
@@ -281,7 +289,6 @@ def skip_done(
     """
     import ray
 
-    tally.decision_step.remote()
     done_ref = ray.put(dict(done))
     committed_ref = ray.put(dict(committed or {}))
     key_list = list(keys)
@@ -294,12 +301,12 @@ def skip_done(
         task_ids = [list(d.todo[vid]) for vid in kept.column("video_id").to_pylist()]
         kept = kept.set_column(kept.schema.get_field_index("task_ids"), "task_ids",
                                pa.array(task_ids, type=pa.list_(pa.int32())))
-        ray.get(tally.decided.remote(skipped=d.skipped, retried=d.retried, kept=len(task_ids),
-                                     some_tasks=d.some_tasks, pairs=d.pairs))
+        tally.decided.remote(skipped=d.skipped, retried=d.retried, kept=len(task_ids),
+                             some_tasks=d.some_tasks, pairs=d.pairs)
         return kept
 
     # The sets are closed over by reference (ObjectRefs), never pickled into every task.
-    return ds.map_batches(decide, batch_format="pyarrow", batch_size=None)
+    return ds.map_batches(decide, batch_format="pyarrow", batch_size=None, num_cpus=STEP_CPUS)
 
 
 # -- the readers ----------------------------------------------------------------------------------------
@@ -381,17 +388,18 @@ Job = _UnitJob | _ShardJob | _ManifestJob
 
 
 def _read_job(job: Job, tally: Any) -> Iterator[pa.Table]:
-    import ray
 
     produced = 0
     for refs in job.pages():
         produced += len(refs)
         yield refs_table(refs)
     if tally is not None:
-        ray.get(tally.reader_done.remote(produced))
+        tally.reader_done.remote(produced)
 
 
-def _jobs_dataset(jobs: Sequence[Job], name: str, tally: Any) -> Any:
+def _jobs_dataset(jobs: Sequence[Job], name: str, tally: Any, known: Sequence[VideoRef] = ()) -> Any:
+    """One read task per job; `known`: refs the driver already holds (the first pages it planned with),
+    streamed at once, ahead of any task."""
     import ray
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
@@ -411,12 +419,17 @@ def _jobs_dataset(jobs: Sequence[Job], name: str, tally: Any) -> Any:
             ]
 
     if tally is not None:
-        tally.expect_readers.remote(len(jobs))
-    if not jobs:
+        tally.expect_readers.remote(len(jobs) + (1 if known else 0))
+        if known:
+            tally.reader_done.remote(len(known))
+    parts = [ray.data.from_arrow(refs_table(known))] if known else []
+    if jobs:
+        parts.append(ray.data.read_datasource(
+            RefsDatasource(), override_num_blocks=len(jobs), num_cpus=LISTING_CPUS, concurrency=min(LISTING_TASKS, len(jobs))
+        ))
+    if not parts:
         return ray.data.from_arrow(REF_SCHEMA.empty_table())
-    return ray.data.read_datasource(
-        RefsDatasource(), override_num_blocks=len(jobs), num_cpus=LISTING_CPUS, concurrency=min(LISTING_TASKS, len(jobs))
-    )
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
 def _manifest_refs(batch: pa.Table, uri_column: str, endpoint_url: str | None, retry: RetryPolicy) -> pa.Table:
@@ -448,6 +461,7 @@ class ListingPlan:
         self.source = source
         self.retry = retry
         self.jobs: list[Job] = []
+        self.known: list[VideoRef] = []  # refs of the first pages the driver read to plan (bounded by the plan)
         self.empty = False  # known on the driver already: the input holds no video
         self.kind = (
             "manifest" if manifest.is_manifest_input(source.input) else "shards" if shards.is_shard_input(source.input) else "prefix"
@@ -473,7 +487,11 @@ class ListingPlan:
             self.empty = not units
             if limit and units and base == lister.root:  # a folder (not one file): the first N in key order
                 units = [TreeUnit(lister.root)]  # one task, stopping after the first N matches
-            self.jobs = [_UnitJob(lister, u, base, include, exclude, limit) for u in units]
+            # Objects the planning pages returned are refs already: they start the stream before any task.
+            for unit in units:
+                if isinstance(unit, ObjectsUnit):
+                    self.known.extend(refs_of(lister, list(unit.objects), base=base, include=include, exclude=exclude))
+            self.jobs = [_UnitJob(lister, u, base, include, exclude, limit) for u in units if not isinstance(u, ObjectsUnit)]
 
     def dataset(self, tally: Any = None) -> Any:
         """The videos as a lazy Ray Data Dataset of VideoRef rows (REF_SCHEMA), listed in Ray tasks as the
@@ -483,11 +501,12 @@ class ListingPlan:
             ds = self._manifest_dataset(tally)
         else:
             name = {"shards": "IndexShards", "manifest": "ReadManifest"}.get(self.kind, "ListVideos")
-            ds = _jobs_dataset(self.jobs, name, tally)
+            ds = _jobs_dataset(self.jobs, name, tally, self.known)
         if source.max_videos:
             ds = ds.limit(source.max_videos)
         if tally is not None:
-            ds = ds.map_batches(_count_listed, fn_kwargs={"tally": tally}, batch_format="pyarrow", batch_size=None)
+            ds = ds.map_batches(_count_listed, fn_kwargs={"tally": tally}, batch_format="pyarrow", batch_size=None,
+                                num_cpus=STEP_CPUS)
         return ds
 
     def _manifest_dataset(self, tally: Any) -> Any:

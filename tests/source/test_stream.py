@@ -288,9 +288,9 @@ def ray_s3(seaweed: SeaweedServer) -> Iterator[None]:
 def _stream(source: SourceConfig, **kw: Any) -> tuple[list[dict[str, Any]], Any]:
     from pipeline.source.stream import listing_counts, new_tally, video_dataset
 
-    tally = new_tally(limit=source.max_videos)
+    tally = new_tally(limit=source.max_videos, decisions=False)
     rows = video_dataset(source, tally=tally, **kw).take_all()
-    return rows, listing_counts(tally)
+    return rows, listing_counts(tally, wait_s=30)
 
 
 @pytest.mark.integration
@@ -359,6 +359,12 @@ def test_shards_indexed_in_parallel_tasks_give_the_same_refs(ray_s3: None, seawe
     assert proxy.counts()["HEAD"] == 4  # one per shard
     assert (counts.listed, counts.input_objects, counts.complete) == (60, 4, True)
 
+    # --max-videos: the shards in order, until N members; no shard after them is looked at.
+    proxy.reset()
+    rows, counts = _stream(SourceConfig(input=url, s3_endpoint_url=proxy.endpoint, max_videos=5))
+    assert [r["uri"] for r in rows] == [r.uri for r in serial[:5]]
+    assert proxy.counts()["HEAD"] == 1 and counts.listed == 5
+
 
 @pytest.mark.integration
 def test_done_work_and_a_jobs_filter_are_steps_of_the_stream(ray_s3: None, tmp_path: Path) -> None:
@@ -384,7 +390,7 @@ def test_done_work_and_a_jobs_filter_are_steps_of_the_stream(ray_s3: None, tmp_p
     assert not left_out & {r.uri for r in plain[:6]}  # (the cases above are all kept by the filter)
     expected = {r.uri: (1,) if r is plain[4] else (0, 1) for r in plain[4:] if r.uri not in left_out}
     assert {r.uri: r.task_ids for r in rows} == expected
-    counts = listing_counts(tally)
+    counts = listing_counts(tally, wait_s=30)
     assert (counts.listed, counts.rejected, counts.skipped, counts.to_process, counts.complete) == (
         len(plain), len(left_out), 4, len(expected), True)
     assert (counts.retried, counts.some_tasks, counts.pairs) == (1, 1, 2 * len(expected) - 1)
