@@ -348,6 +348,14 @@ class OutputConfig(ConfigSection):
         120.0, gt=0,
         description="The longest one commit (one part's files) may hold the output's commit lock.",
     )
+    done_index_parts: int = Field(
+        64, ge=1,
+        description=(
+            "Commit parts the output's done index may leave uncovered: a run reads at most this many on its "
+            "driver at start (more: it compacts the index first, as Ray tasks) and compacts at its end when "
+            "this many are uncovered, so the next run starts from a fresh index (docs/tables.md)."
+        ),
+    )
 
 
 class RayConfig(ConfigSection):

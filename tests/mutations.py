@@ -165,11 +165,11 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/run/test_reliability.py::test_what_counts_as_out_of_memory",),
     ),
     Mutation(
-        "done-ignores-status", "done_work(statuses=...) keeps only the work of rows with those statuses",
-        "pipeline/tables/sink.py",
-        "if statuses is not None and r.status not in statuses:",
+        "done-ignores-status", "work_done keeps only the work of rows whose status counts as done",
+        "pipeline/results/work.py",
+        "if not any_status and query.statuses is not None and r.status not in query.statuses:",
         "if False:",
-        (T_SINK, T_NIGHTLY),
+        (T_NIGHTLY, "tests/tables/test_done_index.py"),
     ),
     Mutation(
         "orphans-kept", "recover() deletes the files a dead writer left uncommitted",

@@ -20,6 +20,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 from pipeline.results.tasks import Task
 
@@ -64,6 +65,41 @@ def legacy_work_keys(task_names: str | None, model_id: str | None, tasks: Sequen
         return set()
     named = {n.strip() for n in task_names.split(",")}
     return {k for t, k in zip(tasks, keys, strict=True) if t.name in named}
+
+
+class DoneRow(NamedTuple):
+    """What work identity needs of one committed `videos` row (a column an old table lacks is None)."""
+
+    video_id: str
+    status: str | None
+    work_keys: list[str] | None
+    tasks: str | None
+    model_id: str | None
+
+
+@dataclass(frozen=True)
+class DoneQuery:
+    """How a run reads committed rows: its work keys and tasks, its model, and the statuses that count as
+    done (None: every status; with --retry-statuses, the others)."""
+
+    keys: tuple[str, ...]
+    tasks: tuple[Task, ...]
+    model_id: str
+    statuses: tuple[str, ...] | None = None
+
+
+def work_done(rows: Iterable[DoneRow], query: DoneQuery, *, any_status: bool = False,
+              into: dict[str, set[str]] | None = None) -> dict[str, set[str]]:
+    """Per video, the work keys its rows completed (only rows whose status counts as done, unless
+    `any_status`); rows written before work keys existed stand for the tasks they name (`legacy_work_keys`)."""
+    done: dict[str, set[str]] = {} if into is None else into
+    for r in rows:
+        if not any_status and query.statuses is not None and r.status not in query.statuses:
+            continue
+        got = set(r.work_keys) if r.work_keys is not None else legacy_work_keys(
+            r.tasks, r.model_id, query.tasks, query.keys, query.model_id)
+        done.setdefault(r.video_id, set()).update(got)
+    return done
 
 
 def missing_tasks(done: Iterable[str], keys: Sequence[str]) -> tuple[int, ...]:

@@ -26,7 +26,7 @@ from pipeline.observe.metrics import generate_seconds, stage_times
 from pipeline.observe.progress import RunProgress
 from pipeline.results.collect import VideoCollector, clean_row, video_tables
 from pipeline.results.tasks import Task
-from pipeline.results.work import work_keys
+from pipeline.results.work import DoneQuery, work_keys
 from pipeline.run import settings
 from pipeline.run.graph import build_dataset
 from pipeline.run.preflight import no_videos_message, preflight
@@ -46,8 +46,10 @@ from pipeline.source.stream import (
     watch_listing,
 )
 from pipeline.tables import layout
+from pipeline.tables.done_index import DoneGeneration, DoneLookup, compact, latest_generation, uncovered_parts
 from pipeline.tables.layout import ConditionalWriteUnsupported
 from pipeline.tables.leases import LeaseError, read_leases
+from pipeline.tables.schemas import COMMIT_TABLE
 from pipeline.tables.sink import TableSink
 
 log = logging.getLogger("pipeline")
@@ -133,6 +135,7 @@ class RunDriver:
             commit_lock_ttl_s=config.output.commit_lock_ttl_s,
             on_wait=lambda holder: echo(f"waiting for writer {holder} to finish its commit on this output"),
         )
+        lookup_start = self._index_before_start(sink)
         try:
             sink.start()
         except LeaseError as exc:
@@ -156,15 +159,34 @@ class RunDriver:
         removed = sink.recover()
         if removed:
             echo(f"recovered: removed {removed} uncommitted part file(s) left by a writer that is gone")
-        done, committed = self.done_work(sink)
-        # -- listing: what is done, a step of the stream (the work keys are broadcast once) ----------------
-        self.refs = skip_done(self.refs, self.tally, done, self.work_keys, committed)
+        # -- listing: what is done, a step of the stream (it reads the done index where each batch lies) ----
+        self.refs = skip_done(self.refs, self.tally, self.done_lookup(sink, lookup_start), self.work_keys)
         echo(f"run {self.run_id}: listing {config.source.input} as the run goes (counts once it is complete)")
         # ------------------------------------------------------------------------------------------------
         return True
 
-    def done_work(self, sink: TableSink) -> tuple[dict[str, set[str]], dict[str, set[str]] | None]:
-        """Per video, the work keys already done, and (with --retry-statuses) those committed at all.
+    def _index_before_start(self, sink: TableSink) -> DoneGeneration | None:
+        """The output's done index, compacted first when more commit parts than --done-index-parts are
+        uncovered (a first run over a big output made before the index, or many runs without one), so the
+        driver never reads more than that many parts; the sink skips the parts it covers."""
+        config = self.config
+        generation = latest_generation(sink.fs, sink.root, self.storage_retry)
+        parts = retry_call(lambda: layout.list_parts(sink.fs, sink.root, COMMIT_TABLE), "list the commit records",
+                           self.storage_retry)
+        if len(uncovered_parts(parts, generation)) > config.output.done_index_parts:
+            generation = self._compact(sink)
+        if generation is not None:
+            sink.skip_indexed(generation.covers)
+        return generation
+
+    def _compact(self, sink: TableSink) -> DoneGeneration | None:
+        return compact(sink.fs, sink.root, output=self.config.output.output,
+                       endpoint_url=self.config.source.s3_endpoint_url, commit_table=COMMIT_TABLE,
+                       retry=self.storage_retry, echo=self.echo)
+
+    def done_lookup(self, sink: TableSink, generation: DoneGeneration | None = None) -> DoneLookup:
+        """What the done step needs: the done index's files and the rows of the commit parts it does not
+        cover (read here, at most --done-index-parts of them).
 
         Work identity: a video is done for a task when a committed row holds that task's work key (task,
         prompt, model, revision, sampling, windows): a new task or model over an old corpus does only that.
@@ -175,10 +197,14 @@ class RunDriver:
         self.frame_size = settings.frame_size_of(config)
         self.work_keys = work_keys(self.tasks, settings.work_settings(config, self.frame_size))
         retry = set(config.output.retry_statuses)
-        keep = [s for s in VIDEO_STATUSES if s not in retry] if retry else None
-        done = sink.done_work(self.work_keys, self.tasks, config.model.model, statuses=keep)
-        committed = sink.done_work(self.work_keys, self.tasks, config.model.model) if retry else None
-        return done, committed
+        query = DoneQuery(tuple(self.work_keys), tuple(self.tasks), config.model.model,
+                          tuple(s for s in VIDEO_STATUSES if s not in retry) if retry else None)
+        return DoneLookup(
+            output=config.output.output, endpoint_url=config.source.s3_endpoint_url,
+            files=generation.files if generation is not None else (), query=query,
+            recent_done=sink.done_work(query), recent_committed=sink.done_work(query, any_status=True) if retry else None,
+            generation=generation.number if generation is not None else 0, retry=self.storage_retry,
+        )
 
     def _check_run_id_unused(self) -> None:
         """A run id names one run's history: a second run with the same id would overwrite its record."""
@@ -369,9 +395,23 @@ class RunDriver:
             self.summary.rows_written = dict(self.sink.rows_written)
             self.summary.videos_committed_elsewhere = self.sink.committed_elsewhere
             self.sink.close()
+            self._compact_after_run(self.sink)
         self.summary.elapsed_s = time.monotonic() - self.started
         self._record()
         return self.summary
+
+    def _compact_after_run(self, sink: TableSink) -> None:
+        """Fold this run's (and others') commit parts into the done index when --done-index-parts are
+        uncovered, so the next run reads few parts at start. The tables are written already: a failure
+        here is a warning (the next run compacts)."""
+        try:
+            generation = latest_generation(sink.fs, sink.root, self.storage_retry)
+            parts = layout.list_parts(sink.fs, sink.root, COMMIT_TABLE)
+            if len(uncovered_parts(parts, generation)) >= self.config.output.done_index_parts:
+                self._compact(sink)
+        except Exception as exc:
+            self.echo(f"warning: could not compact the done index ({type(exc).__name__}: {redact(exc)}); the next "
+                      "run does")
 
     def _record(self, error: str | None = None) -> None:
         """Write the run's `runs` row (a failure to write it is a warning: the tables are already written)."""

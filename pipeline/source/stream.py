@@ -23,9 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -263,7 +263,7 @@ def keep_selected(ds: Any, tally: Any, video_filter: Callable[[VideoRef], bool] 
     return ds.map_batches(select, batch_format="pyarrow", batch_size=None, num_cpus=STEP_CPUS)
 
 
-_BROADCAST: dict[str, Any] = {}  # per worker process: the done work, fetched once, not once per block
+_BROADCAST: dict[str, Any] = {}  # per worker process: the done lookup, fetched once, not once per block
 
 
 def _broadcast_value(ref: Any) -> Any:
@@ -277,25 +277,31 @@ def _broadcast_value(ref: Any) -> Any:
     return _BROADCAST[key]
 
 
-def skip_done(
-    ds: Any, tally: Any, done: Mapping[str, set[str]], keys: Sequence[str], committed: Mapping[str, set[str]] | None = None
-) -> Any:
-    """Per video, the run's tasks still to do (`pipeline.results.work`): videos with nothing missing are
-    dropped, the others carry their `task_ids`. Counts skipped, retried (a missing key that `committed`
-    holds: done before with a status this run retries), videos needing only some tasks, and pairs.
+class DoneWork(Protocol):
+    """What the done step asks of the output's committed work (`pipeline.tables.done_index.DoneLookup`)."""
 
-    `done` / `committed`: per video, the work keys of its committed rows. They go to the object store once
-    (`ray.put`) and each worker process reads them once.
+    def work_done(
+        self, video_ids: Sequence[str], uris: Sequence[str]
+    ) -> tuple[dict[str, set[str]], dict[str, set[str]] | None]: ...
+
+
+def skip_done(ds: Any, tally: Any, lookup: DoneWork, keys: Sequence[str]) -> Any:
+    """Per video, the run's tasks still to do (`pipeline.results.work`): videos with nothing missing are
+    dropped, the others carry their `task_ids`. Counts skipped, retried (a missing key committed before
+    with a status this run retries), videos needing only some tasks, and pairs.
+
+    `lookup` answers, per batch, which work keys its videos have done (and committed at all): it reads the
+    output's done index where the batch's URIs lie, so no step holds the whole history. It goes to the
+    object store once (`ray.put`) and each worker process unpickles it once (with its file cache).
     """
     import ray
 
-    done_ref = ray.put(dict(done))
-    committed_ref = ray.put(dict(committed or {}))
+    lookup_ref = ray.put(lookup)
     key_list = list(keys)
 
     def decide(batch: pa.Table) -> pa.Table:
-        done_keys, committed_keys = _broadcast_value(done_ref), _broadcast_value(committed_ref)
         ids = batch.column("video_id").to_pylist()
+        done_keys, committed_keys = _broadcast_value(lookup_ref).work_done(ids, batch.column("uri").to_pylist())
         d = decide_work(ids, done_keys, key_list, committed_keys)
         kept = batch.filter(pa.array([vid in d.todo for vid in ids], type=pa.bool_()))
         task_ids = [list(d.todo[vid]) for vid in kept.column("video_id").to_pylist()]
@@ -305,7 +311,7 @@ def skip_done(
                              some_tasks=d.some_tasks, pairs=d.pairs)
         return kept
 
-    # The sets are closed over by reference (ObjectRefs), never pickled into every task.
+    # The lookup is closed over by reference (an ObjectRef), never pickled into every task.
     return ds.map_batches(decide, batch_format="pyarrow", batch_size=None, num_cpus=STEP_CPUS)
 
 

@@ -28,8 +28,8 @@ import io
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence, Set
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,8 +38,7 @@ from pipeline import faults
 from pipeline.io.retry import DEFAULT_POLICY, RetryPolicy, retry_call
 from pipeline.io.secrets import redact
 from pipeline.io.storage import get_fs, join_url
-from pipeline.results.tasks import Task
-from pipeline.results.work import legacy_work_keys
+from pipeline.results.work import DoneQuery, DoneRow, work_done
 from pipeline.tables import layout
 from pipeline.tables.leases import CommitLock, LeaseError, WriterLease, end_lease, read_leases
 from pipeline.tables.schemas import COMMIT_TABLE, TABLES, to_table
@@ -52,14 +51,8 @@ def _retry(fn: Any, what: str, policy: RetryPolicy = DEFAULT_POLICY) -> Any:
     return retry_call(fn, redact(what), policy)
 
 
-class CommitRow(NamedTuple):
-    """What the sink needs of one commit-table row (columns a table lacks are None)."""
-
-    video_id: str
-    status: str | None
-    work_keys: list[str] | None
-    tasks: str | None
-    model_id: str | None
+# What the sink reads of a commit-table row: the work-identity columns (`pipeline.results.work.DoneRow`).
+CommitRow = DoneRow
 
 
 def _commit_rows(table: pa.Table) -> list[CommitRow]:
@@ -118,6 +111,7 @@ class TableSink:
         # written again by this writer, whenever they reach its buffer.
         self._elsewhere: set[str] = set()
         self._snapshot_taken = False
+        self._indexed: frozenset[str] = frozenset()
         self.parts_written = 0
         self.videos_committed = 0
         self.committed_elsewhere = 0  # buffered videos dropped: another writer committed them meanwhile
@@ -184,11 +178,19 @@ class TableSink:
                 self.fs.rm(path)
         return removed
 
+    def skip_indexed(self, keys: Set[str]) -> None:
+        """Commit parts with these keys are in the output's done index (`pipeline.tables.done_index`): never
+        read them here (call before `start()`); their videos are looked up in the index instead."""
+        self._indexed = frozenset(keys)
+
     def _read_commits(self) -> list[str]:
-        """Read the commit records not read yet; return their paths."""
+        """Read the commit records not read yet (except those in the done index); return their paths."""
         self.fs.invalidate_cache()
         new = [p for p in self._parts(self.commit_table) if p not in self._commits]
         for path in new:
+            if layout.part_key(path) in self._indexed:  # committed before this writer started: not elsewhere
+                self._commits[path] = []
+                continue
             table = _retry(lambda p=path: self._read(p, list(CommitRow._fields)), f"read {path}", self.retry)
             self._commits[path] = _commit_rows(table)
             if self._snapshot_taken and layout.part_key(path) not in self._own_keys:
@@ -200,21 +202,11 @@ class TableSink:
         self._read_commits()
         return {r.video_id for rows in self._commits.values() for r in rows if statuses is None or r.status in statuses}
 
-    def done_work(
-        self, keys: Sequence[str], tasks: Sequence[Task], model_id: str, *, statuses: Sequence[str] | None = None
-    ) -> dict[str, set[str]]:
-        """Per video, the work keys its committed rows completed (optionally only rows with these statuses);
-        rows written before work keys existed stand for the tasks they name (`work.legacy_work_keys`)."""
+    def done_work(self, query: DoneQuery, *, any_status: bool = False) -> dict[str, set[str]]:
+        """Per video, the work keys its committed rows (read here: not those in the done index) completed;
+        see `pipeline.results.work.work_done`."""
         self._read_commits()
-        done: dict[str, set[str]] = {}
-        for rows in self._commits.values():
-            for r in rows:
-                if statuses is not None and r.status not in statuses:
-                    continue
-                got = set(r.work_keys) if r.work_keys is not None else legacy_work_keys(
-                    r.tasks, r.model_id, tasks, keys, model_id)
-                done.setdefault(r.video_id, set()).update(got)
-        return done
+        return work_done((r for rows in self._commits.values() for r in rows), query, any_status=any_status)
 
     def _read(self, path: str, columns: list[str]) -> pa.Table:
         with self.fs.open(path, "rb") as fh:

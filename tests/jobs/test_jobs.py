@@ -302,8 +302,10 @@ def _nightly_todo(tmp_path: Path, *extra: str) -> tuple[set[str], int, int]:
     _, config, _ = nightly_captions.build(["--input", str(tmp_path / "videos"), "--output", str(tmp_path / "out"),
                                            "--model", str(model), "--progress", "off", *extra])
     driver = RunDriver(config, echo=lambda _m: None)
-    done, committed = driver.done_work(TableSink(str(tmp_path / "out"), run_date="2026-01-03"))
-    listed = {r.video_id: Path(r.uri).name for r in list_videos(str(tmp_path / "videos"), include=VIDEO_GLOBS)}
+    lookup = driver.done_lookup(TableSink(str(tmp_path / "out"), run_date="2026-01-03"))
+    refs = list_videos(str(tmp_path / "videos"), include=VIDEO_GLOBS)
+    listed = {r.video_id: Path(r.uri).name for r in refs}
+    done, committed = lookup.work_done([r.video_id for r in refs], [r.uri for r in refs])
     decision = decide_work(listed, done, driver.work_keys, committed)
     return {listed[v] for v in decision.todo}, decision.retried, decision.skipped
 

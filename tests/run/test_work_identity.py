@@ -17,14 +17,14 @@ from pipeline.tables.reader import open_tables
 pytestmark = pytest.mark.integration
 
 
-def _config(videos: Path, model: Path, out: Path, tasks: str) -> Any:
+def _config(videos: Path, model: Path, out: Path, tasks: str, done_index_parts: int = 3) -> Any:
     return build_config({
         "source": {"input": str(videos)},
         "model": {"model": str(model), "max_new_tokens": 8, "batch_size": 3},
         "window": {"window_s": 10.0, "overlap_s": 2.0},
         "sampling": {"num_frames": 4, "max_fps": 2.0},
         "tasks": {"tasks": tasks},
-        "output": {"output": str(out), "flush_videos": 2},
+        "output": {"output": str(out), "flush_videos": 2, "done_index_parts": done_index_parts},
         "ray": {"progress": "off"},
     })
 
@@ -48,9 +48,12 @@ def test_new_task_then_new_model_do_only_the_new_pairs(
     assert len(counts) == 6 and len({c["work_key"] for c in counts}) == 1
     keys = t.sql("SELECT video_id, run_id, work_keys FROM videos ORDER BY processed_at").to_pylist()
     assert Counter(len(v["work_keys"]) for v in keys) == {1: 8}  # each run's row lists the work it did
+    # 4 commit parts uncovered >= --done-index-parts 3: the run folded them into the done index at its end.
+    assert any(m.startswith("done index: generation 1, 8 rows") for m in messages), messages
+    assert (out / "_done" / "gen-00000001.json").exists()
 
     same = run_pipeline(_config(sample_videos, tiny_model_dir, out, "caption,count:person"), echo=lambda _m: None)
-    assert (same.videos_listed, same.processed, same.videos_skipped) == (4, 0, 4)
+    assert (same.videos_listed, same.processed, same.videos_skipped) == (4, 0, 4)  # all read from the index
 
     other_model = build_tiny_molmo2(tmp_path / "other-model", frame_size=112, seed=1)
     switched = run_pipeline(_config(sample_videos, other_model, out, "caption"), echo=lambda _m: None)
@@ -59,3 +62,10 @@ def test_new_task_then_new_model_do_only_the_new_pairs(
         SELECT c.video_id, count(DISTINCT c.work_key) AS keys FROM captions c GROUP BY ALL""").to_pylist()
     fresh = open_tables(str(out)).sql("SELECT count(DISTINCT work_key) AS n FROM captions").to_pylist()
     assert fresh == [{"n": 2}] and all(r["keys"] == 1 for r in latest)
+
+    # Its 2 parts are uncovered; allowed 1, the next run compacts at start, then finds everything done.
+    messages.clear()
+    again = run_pipeline(_config(sample_videos, other_model, out, "caption", done_index_parts=1), echo=messages.append)
+    assert (again.processed, again.videos_skipped) == (0, 4)
+    assert any(m.startswith("done index: compacting 2 commit part(s)") for m in messages), messages
+    assert (out / "_done" / "gen-00000002.json").exists()

@@ -368,6 +368,7 @@ def test_shards_indexed_in_parallel_tasks_give_the_same_refs(ray_s3: None, seawe
 
 @pytest.mark.integration
 def test_done_work_and_a_jobs_filter_are_steps_of_the_stream(ray_s3: None, tmp_path: Path) -> None:
+    from pipeline.results.work import DoneQuery
     from pipeline.source.stream import (
         keep_selected,
         listing_counts,
@@ -376,6 +377,7 @@ def test_done_work_and_a_jobs_filter_are_steps_of_the_stream(ray_s3: None, tmp_p
         skip_done,
         video_dataset,
     )
+    from pipeline.tables.done_index import DoneLookup
 
     root = _local_tree(tmp_path)
     plain = list_videos(root, include=INCLUDE)
@@ -385,7 +387,9 @@ def test_done_work_and_a_jobs_filter_are_steps_of_the_stream(ray_s3: None, tmp_p
     committed = {plain[5].video_id: {"k-caption"}}  # done before with a status this run retries
     tally = new_tally()
     ds = keep_selected(video_dataset(SourceConfig(input=root), tally=tally), tally, lambda ref: "/c/" not in ref.uri)
-    rows = [ref_of(r) for r in skip_done(ds, tally, done, keys, committed).take_all()]
+    lookup = DoneLookup(output=str(tmp_path / "out"), endpoint_url=None, files=(),
+                        query=DoneQuery(tuple(keys), (), "m", ("ok",)), recent_done=done, recent_committed=committed)
+    rows = [ref_of(r) for r in skip_done(ds, tally, lookup, keys).take_all()]
     left_out = {r.uri for r in plain if "/c/" in r.uri}
     assert not left_out & {r.uri for r in plain[:6]}  # (the cases above are all kept by the filter)
     expected = {r.uri: (1,) if r is plain[4] else (0, 1) for r in plain[4:] if r.uri not in left_out}
