@@ -37,6 +37,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,6 +184,61 @@ def input_url(form: str, n: int, members: int) -> str:
     return f"s3://{BUCKET}/shards-{n}/{{00000..{max(1, n // members) - 1:05d}}}.tar"
 
 
+HISTORY_PART = 64  # videos a commit part (the default --flush-videos): 100k done videos = 1,563 parts
+
+
+def ensure_done_history(server: Any, n: int, model: Path) -> str:
+    """`s3://scale/done-N/`: an output whose commit parts (64 videos each, as nightly runs leave them) say
+    every video of prefix-N is done for the benchmark's task. The video ids and work keys come from this
+    checkout's own listing and work identity, as its CLI computes them; written once, directly to the
+    server (not through the proxy)."""
+    import pyarrow.parquet as pq
+
+    from pipeline.cli import build_parser, config_from_args
+    from pipeline.config import VIDEO_GLOBS
+    from pipeline.results.work import work_keys
+    from pipeline.run import settings
+    from pipeline.source.listing import list_videos
+    from pipeline.tables import layout
+    from pipeline.tables.schemas import COMMIT_TABLE, to_table
+
+    client = server._client()
+    output = f"s3://{BUCKET}/done-{n}"
+    with contextlib.suppress(Exception):
+        client.head_object(Bucket=BUCKET, Key=f".done/done-{n}")
+        return output
+    os.environ.update(AWS_ACCESS_KEY_ID=server.access_key, AWS_SECRET_ACCESS_KEY=server.secret_key,
+                      AWS_DEFAULT_REGION="us-east-1")
+    config = config_from_args(build_parser().parse_args(["run", *cli_args(input_url("prefix", n, 1), output, model,
+                                                                             server.endpoint)]))
+    keys = work_keys(settings.tasks_of(config), settings.work_settings(config, settings.frame_size_of(config)))
+    refs = list_videos(input_url("prefix", n, 1), include=list(VIDEO_GLOBS), endpoint_url=server.endpoint)
+    token = layout.writer_token("bench-history")
+    print(f"history: {len(refs)} done videos in parts of {HISTORY_PART} under {output}/ (once)", flush=True)
+
+    def part(first: int) -> tuple[str, bytes]:
+        chunk = refs[first:first + HISTORY_PART]
+        rows = [{"video_id": r.video_id, "uri": r.uri, "size_bytes": r.size_bytes, "status": "ok", "run_id": "history",
+                 "tasks": "caption", "model_id": str(model), "work_keys": keys} for r in chunk]
+        buf = io.BytesIO()
+        pq.write_table(to_table(COMMIT_TABLE, rows), buf)
+        key = layout.new_part_key([r.video_id for r in chunk], token)
+        path = layout.part_path(f"{BUCKET}/done-{n}", COMMIT_TABLE, "2026-01-01", key)
+        return path.removeprefix(f"{BUCKET}/"), buf.getvalue()
+
+    _put_all(client, (part(i) for i in range(0, len(refs), HISTORY_PART)), f"done-{n}")
+    client.put_object(Bucket=BUCKET, Key=f".done/done-{n}", Body=b"")
+    return output
+
+
+def drop_done_index(server: Any, n: int) -> None:
+    """Remove `done-N/_done/` (derived data): the next branch run compacts the history from scratch."""
+    client = server._client()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"done-{n}/_done/"):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=BUCKET, Key=obj["Key"])
+
+
 # ---------------------------------------------------------------------------------------------------
 # One run of the CLI
 
@@ -221,13 +277,27 @@ def _has_event(checkout: Path) -> bool:
     return "window-decoded" in (checkout / "pipeline" / "video" / "decode.py").read_text()
 
 
+def cli_args(input_url_: str, output: str, model: Path, endpoint: str) -> list[str]:
+    """The benchmark's `pipeline run` arguments (a caption of 2 frames: the listing, not the model, is measured)."""
+    return [
+        "--input", input_url_, "--output", output, "--model", str(model),
+        "--s3-endpoint-url", endpoint, "--tasks", "caption", "--window-s", "10", "--overlap-s", "1",
+        "--num-frames", "2", "--max-fps", "1", "--max-new-tokens", "4", "--batch-size", "1", "--progress", "off",
+    ]
+
+
 def run_cli(checkout: Path, code: str, form: str, n: int, members: int, *, server: Any, proxy: Any,
-            model: Path, workdir: Path, timeout_s: float) -> RunFigures:
-    """The CLI of `checkout` on one input, until the first window and the listing count (or timeout)."""
+            model: Path, workdir: Path, timeout_s: float, output: str | None = None,
+            cluster: Any = None) -> RunFigures:
+    """The CLI of `checkout` on one input, until the first window and the listing count (or timeout).
+    With `output` (an all-done rerun: nothing to decode), until the CLI exits."""
     import psutil
 
     run_dir = workdir / "runs" / f"{code}-{form}-{n}-{uuid.uuid4().hex[:6]}"
     events = run_dir / "events"
+    if cluster is not None:  # the workers' environment is the head's: one events folder, emptied per run
+        events = cluster.events
+        shutil.rmtree(events, ignore_errors=True)
     run_dir.mkdir(parents=True)
     tag = uuid.uuid4().hex
     python_path = [str(checkout)]
@@ -246,11 +316,11 @@ def run_cli(checkout: Path, code: str, form: str, n: int, members: int, *, serve
         TOKENIZERS_PARALLELISM="false", MOLMO_BATCH_TEST_EVENTS=str(events), AWS_ACCESS_KEY_ID=server.access_key,
         AWS_SECRET_ACCESS_KEY=server.secret_key, AWS_DEFAULT_REGION="us-east-1", **{TAG_VAR: tag},
     )
-    args = [
-        "--input", input_url(form, n, members), "--output", str(run_dir / "tables"), "--model", str(model),
-        "--s3-endpoint-url", proxy.endpoint, "--tasks", "caption", "--window-s", "10", "--overlap-s", "1",
-        "--num-frames", "2", "--max-fps", "1", "--max-new-tokens", "4", "--batch-size", "1", "--progress", "off",
-    ]
+    args = cli_args(input_url("prefix" if output else form, n, members), output or str(run_dir / "tables"), model,
+                    proxy.endpoint) + (["--address", cluster.gcs_address] if cluster is not None else [])
+    if cluster is not None:
+        # The cluster's workers import what this checkout's driver does (and its hooks), not the venv's copy.
+        env["RAY_JOB_CONFIG_JSON_ENV_VAR"] = json.dumps({"runtime_env": {"env_vars": {"PYTHONPATH": env["PYTHONPATH"]}}})
     log = run_dir / "cli.log"
     figures = RunFigures(code, form, n)
     proxy.reset()
@@ -274,7 +344,7 @@ def run_cli(checkout: Path, code: str, form: str, n: int, members: int, *, serve
                     if found:
                         figures.listed_s, figures.requests_at_listed = now, proxy.counts()
                         figures.listed = int(found.group(1))
-                if figures.first_window_s is not None and figures.listed_s is not None:
+                if figures.first_window_s is not None and figures.listed_s is not None and not output:
                     break
                 if now > timeout_s:
                     figures.timed_out = True
@@ -359,16 +429,71 @@ def results_of(runs: list[RunFigures], sizes: list[int], timeout_s: float) -> li
                     shown = ", ".join(f"{v:.3g} at {n}" if v is not None else f"none at {n}" for v, n in ((a, big), (b, mid)))
                     out.append(Result(BENCH, f"{label}: {what}, {big} / {mid}", ratio, "< 1.5x",
                                       ratio is not None and ratio < 1.5, "x", shown))
+    for code in ("branch", "baseline"):
+        for scenario in ("all-done first", "all-done"):
+            at_big, at_mid, at_small = by.get((code, scenario, big)), by.get((code, scenario, mid)), by.get((code, scenario, small))
+            if at_big is None:
+                continue
+            label = f"{code} {scenario} rerun"
+
+            def exited(f: RunFigures | None) -> float | None:
+                return f.elapsed_s if f is not None and f.exit_code == 0 and not f.timed_out else None
+
+            t_big = exited(at_big)
+            detail = (f"requests [{_fmt_requests(at_big.requests_total)}], driver peak RSS {at_big.peak_rss_mb:.0f} MB"
+                      + ("" if t_big is not None else f"; did not finish ({at_big.log_tail[-200:]!r})"))
+            steady = scenario == "all-done"
+            out.append(Result(BENCH, f"{label} {big}: seconds from start to exit", t_big, "<= 15 s" if steady else "",
+                              (t_big is not None and at_most(t_big, 15.0)) if steady else None, " s", detail))
+            if at_small is not None and big != small:
+                growth = at_big.peak_rss_mb - at_small.peak_rss_mb
+                out.append(Result(BENCH, f"{label} {big}: driver peak RSS growth over {small}", growth, "<= 300 MB",
+                                  at_most(growth, 300.0), " MB",
+                                  f"peak {at_big.peak_rss_mb:.0f} MB at {big}, {at_small.peak_rss_mb:.0f} MB at {small}"))
+            if at_mid is not None and big != mid:
+                t_mid = exited(at_mid)
+                ratio = t_big / t_mid if t_big is not None and t_mid else None
+                out.append(Result(BENCH, f"{label}: seconds to exit, {big} / {mid}", ratio, "< 1.5x" if steady else "",
+                                  (ratio is not None and ratio < 1.5) if steady else None, "x",
+                                  f"{t_big} s at {big}, {t_mid} s at {mid}"))
     return out
+
+
+@contextlib.contextmanager
+def _cluster(wanted: bool, workdir: Path, server: Any) -> Iterator[Any]:
+    """With --cluster: a local Ray head the runs join (`--address`), as nightly jobs join a running cluster,
+    so Ray's own start is not in the figures; its workers get the storage keys and the events folder."""
+    if not wanted:
+        yield None
+        return
+    from pipeline.devtools.ray_head import RayHead
+
+    events = workdir / "cluster-events"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS", "MOLMO_BATCH_TEST_"))}
+    env.update(RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
+               HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", MOLMO_BATCH_TEST_EVENTS=str(events),
+               AWS_ACCESS_KEY_ID=server.access_key, AWS_SECRET_ACCESS_KEY=server.secret_key,
+               AWS_DEFAULT_REGION="us-east-1")
+    head = RayHead(env, num_cpus=4, object_store_mb=1000)
+    head.events = events  # type: ignore[attr-defined]
+    head.start()
+    print(f"cluster: a local Ray head at {head.gcs_address} (the runs join it)", flush=True)
+    try:
+        yield head
+    finally:
+        head.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser("Scale: time to the first window, requests and driver memory at 10k and 100k videos.")
     parser.add_argument("--sizes", default="", help="Comma-separated corpus sizes (default 1000,10000,100000; quick 200,1000).")
-    parser.add_argument("--forms", default=",".join(FORMS), help="Input forms to run: prefix, manifest, shards.")
+    parser.add_argument("--forms", default=",".join((*FORMS, "done")),
+                        help="Input forms to run: prefix, manifest, shards; done: an all-done rerun over the prefix.")
     parser.add_argument("--baseline-worktree", type=Path, default=None,
                         help="Another checkout (e.g. /work/main) whose CLI runs on the same corpus, for comparison.")
     parser.add_argument("--timeout", type=float, default=0.0, help="Seconds before a run is stopped (default 900; quick 240).")
+    parser.add_argument("--cluster", action="store_true",
+                        help="Start a local Ray head once and have every run join it (Ray's start left out of the figures).")
     parser.add_argument("--delay-ms", type=float, default=DELAY_S * 1000, help="Latency the proxy adds per request.")
     args = parser.parse_args(argv)
     prepare_environment()
@@ -406,16 +531,31 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         ensure_corpus(server, workdir, sizes, members, forms)
         print(f"corpus ready ({time.monotonic() - t0:.0f} s)", flush=True)
-        with LatencyProxy(server.endpoint, delay_s=args.delay_ms / 1000) as proxy:
-            for form in forms:
+        with LatencyProxy(server.endpoint, delay_s=args.delay_ms / 1000) as proxy, \
+                _cluster(args.cluster, workdir, server) as cluster:
+            for form in [f for f in forms if f in FORMS]:
                 for n in sizes:
                     for code, checkout in checkouts:
                         figures = run_cli(checkout, code, form, n, members, server=server, proxy=proxy, model=model,
-                                          workdir=workdir, timeout_s=timeout_s)
+                                          workdir=workdir, timeout_s=timeout_s, cluster=cluster)
                         runs.append(figures)
                         print(_describe(figures), flush=True)
                         if figures.first_window_s is None and not figures.timed_out:
                             print(f"  the CLI ended early:\n{figures.log_tail}", flush=True)
+            # All done: a rerun over prefix-N whose output already holds every video. Baseline first (it reads
+            # the history), then this checkout twice: building the done index from the history, then with it.
+            for n in sizes if "done" in forms else []:
+                output = ensure_done_history(server, n, model)
+                for code, checkout in reversed(checkouts):
+                    scenarios = ["all-done first", "all-done"] if code == "branch" else ["all-done"]
+                    for scenario in scenarios:
+                        if scenario == "all-done first":
+                            drop_done_index(server, n)
+                        figures = run_cli(checkout, code, scenario, n, members, server=server, proxy=proxy,
+                                          model=model, workdir=workdir, timeout_s=timeout_s, output=output,
+                                          cluster=cluster)
+                        runs.append(figures)
+                        print(_describe(figures), flush=True)
     results = results_of(runs, sizes, timeout_s)
     print_results(f"{BENCH} ({'quick: figures meaningless' if quick else 'full'})", results)
     out = args.json_path or (workdir / ("results-quick.json" if quick else "results.json"))
