@@ -106,8 +106,7 @@ _CORPUS = [
 
 def corpus() -> list[str]:
     """Tokenizer training text: plain English plus many toy-world answers (points, tracks, captions)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import toyworld as tw
+    from pipeline.devtools import toyworld as tw
 
     lines = list(_CORPUS) * 5
     rng = np.random.default_rng(12345)
@@ -265,8 +264,7 @@ def sincos_2d(n_side: int, dim: int, temperature: float = 100.0) -> np.ndarray:
 
 
 def calibration_video(num_frames: int = 4) -> np.ndarray:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import toyworld as tw
+    from pipeline.devtools import toyworld as tw
 
     world = tw.make_world(424242, width=640, height=480, fps=10, duration=2.0, n_start=3, arrival_rate=0.0)
     return tw.render_model_frames(world, np.arange(num_frames) * 0.5, FRAME_SIZE)
@@ -341,7 +339,7 @@ def build(args: Any) -> Path:
     model.save_pretrained(out)
     processor.save_pretrained(out)
     meta = {
-        "kind": "molmo-batch toy Molmo2 (trained on the toy world of /work/toy/toyworld.py)",
+        "kind": "molmo-batch toy Molmo2 (trained on the toy world of pipeline/devtools/toyworld.py)",
         "frame_size": FRAME_SIZE,
         "patch_size": PATCH_SIZE,
         "video_pooling": list(VIDEO_POOLING),

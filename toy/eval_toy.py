@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import toyworld as tw  # noqa: E402
+from pipeline.devtools import toyworld as tw  # noqa: E402
 
 EVAL_SEED_BASE = 2_000_000_000  # training seeds stay far below this
 

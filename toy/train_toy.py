@@ -33,7 +33,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import eval_toy as ev  # noqa: E402
-import toyworld as tw  # noqa: E402
+from pipeline.devtools import toyworld as tw  # noqa: E402
 
 # stage: min steps in the stage, latest end (fraction of the time budget --max-hours), eval gate to move on
 STAGES = {
@@ -236,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vis-freeze", type=int, default=500, help="steps with the vision tower + adapter frozen")
     ap.add_argument("--vis-lr-mult", type=float, default=0.5, help="vision-side LR multiplier after the freeze")
     ap.add_argument("--stage", default=None, help="force the starting stage (fresh runs only)")
+    ap.add_argument("--resume-stage", default=None, help="on resume, switch to this stage (e.g. back to B for more single-frame steps)")
+    ap.add_argument("--until", default="", help="override stage caps as fractions of --max-hours, e.g. B=0.45,C=0.72")
     ap.add_argument("--text-hidden", type=int, default=256)
     ap.add_argument("--text-layers", type=int, default=4)
     args = ap.parse_args(argv)
@@ -290,6 +292,14 @@ def main(argv: list[str] | None = None) -> int:
         np.random.set_state(blob["np_rng"])
         random.setstate(blob["py_rng"])
         log(f"resumed from {ckpt}: step {state['step']} stage {state['stage']}")
+        if args.resume_stage and args.resume_stage != state["stage"]:
+            log(f"stage {state['stage']} -> {args.resume_stage} (--resume-stage) at step {state['step']}")
+            # back-dated start: a return to B keeps its hue/floor ramp finished (ease 0), not easy again
+            back = args.hue_ramp if args.resume_stage == "B" else 0
+            state["stage"], state["stage_start"] = args.resume_stage, state["step"] - back
+    for item in filter(None, args.until.split(",")):
+        name, frac = item.split("=")
+        STAGES[name.strip()]["until"] = float(frac)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {n_params:,} params; frame {size}px; batch {args.batch}; total_steps {args.total_steps}; run {run}")
     batcher = Batcher(processor)
