@@ -45,6 +45,8 @@ QUESTIONS = {
 
 MAX_IN_VIEW = 5
 
+Times = Sequence[float] | np.ndarray  # frame times in seconds
+
 
 # ----------------------------------------------------------------------------------------------
 # World description
@@ -98,7 +100,7 @@ class World:
         """(width, height) of the frames stored in the mp4 (before the display rotation)."""
         return (self.height, self.width) if self.rotation % 180 == 90 else (self.width, self.height)
 
-    def positions(self, times: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def positions(self, times: Times) -> tuple[np.ndarray, np.ndarray]:
         """Centres (P, T, 2) in display px and visibility (P, T) bool at the given times."""
         times = np.asarray(times, dtype=np.float64)
         if not self.people:
@@ -332,7 +334,7 @@ class ClipTruth:
     px: np.ndarray  # (n, T, 2) display px
 
 
-def clip_truth(world: World, times_s: Sequence[float], labels: Sequence[str] | None = None) -> ClipTruth:
+def clip_truth(world: World, times_s: Times, labels: Sequence[str] | None = None) -> ClipTruth:
     """The truth of the frames at `times_s` (absolute seconds); labels default to times relative to the first."""
     times = np.asarray(times_s, dtype=np.float64)
     if labels is None:
@@ -445,7 +447,7 @@ def answer_caption(world: World, ct: ClipTruth) -> str:
     return " ".join(parts)
 
 
-def answers(world: World, times: Sequence[float], labels: Sequence[str] | None = None) -> dict[str, str]:
+def answers(world: World, times: Times, labels: Sequence[str] | None = None) -> dict[str, str]:
     """Answer strings for the four questions, for the frames at `times` (absolute seconds)."""
     ct = clip_truth(world, times, labels)
     return {
@@ -534,7 +536,7 @@ def _yuv420(img: np.ndarray) -> np.ndarray:
 
 
 def render_model_frames(
-    world: World, times: Sequence[float], size: int, *, max_render: int | None = None, rng: np.random.Generator | None = None
+    world: World, times: Times, size: int, *, max_render: int | None = None, rng: np.random.Generator | None = None
 ) -> np.ndarray:
     """Frames (T, size, size, 3) uint8 as the model sees them: display frame squashed to a square.
 
@@ -602,7 +604,7 @@ def write_mp4(world: World, path: str, *, crf: int = 23, max_frames: int | None 
     return {"path": path, "width": world.width, "height": world.height, "coded": [cw, ch], "rotation": world.rotation, "fps": fps, "frames": n}
 
 
-def decode_frames(path: str, times: Sequence[float], size: int) -> tuple[np.ndarray, np.ndarray, dict]:
+def decode_frames(path: str, times: Times, size: int) -> tuple[np.ndarray, np.ndarray, dict]:
     """Decode the frames nearest to `times` the way the pipeline does (PyAV, swscale bilinear resize
     of the coded frame to size x size, then rotate upright). Returns frames, their times, probe info."""
     import av
