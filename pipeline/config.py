@@ -82,8 +82,23 @@ class SamplingConfig(ConfigSection):
             "'uniform_last_frame' = the original Molmo2 code (evenly spaced times that include the last frame)."
         ),
     )
-    num_frames: int = Field(64, ge=1, le=1024, description="At most this many frames per window.")
-    max_fps: float = Field(2.0, gt=0, description="At most this many sampled frames per second of video.")
+    num_frames: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description=(
+            "At most this many frames per window; unset reads the model's video processor (`num_frames`: 64 for "
+            "the released Molmo2, 8 for the toy checkpoint)."
+        ),
+    )
+    max_fps: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "At most this many sampled frames per second of video; unset reads the model's video processor "
+            "(`max_fps`: 2 for the released Molmo2)."
+        ),
+    )
 
 
 class WindowConfig(ConfigSection):

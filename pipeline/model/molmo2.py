@@ -28,6 +28,8 @@ VIDEO_POOLING = (3, 3)  # patches pooled into one visual token of a video frame 
 CONTEXT_TOKENS = 36_864  # the released checkpoints' max_position_embeddings
 # Visual tokens a window may hold: the context less room for the frames' markers, the prompt and the answer.
 VISUAL_TOKEN_BUDGET = 36_000
+NUM_FRAMES = 64  # transformers' Molmo2VideoProcessor: at most this many frames a clip ...
+MAX_FPS = 2.0  # ... at most this many a second
 
 # Where a checkpoint declares its processors' settings, in the order they are looked for.
 PROCESSOR_FILES = ("video_preprocessor_config.json", "processor_config.json", "preprocessor_config.json")
@@ -65,18 +67,39 @@ class Molmo2Geometry:
 DEFAULT_GEOMETRY = Molmo2Geometry()
 
 
+@dataclass(frozen=True)
+class Molmo2Sampling:
+    """How many frames a clip gets and how much context holds them, as a checkpoint declares (defaults: the
+    released checkpoints and transformers' `Molmo2VideoProcessor`)."""
+
+    num_frames: int = NUM_FRAMES
+    max_fps: float = MAX_FPS
+    context_tokens: int = CONTEXT_TOKENS
+
+    @property
+    def visual_token_budget(self) -> int:
+        """Visual tokens a window may hold: the context less the released room for markers, prompt and answer."""
+        return self.context_tokens - (CONTEXT_TOKENS - VISUAL_TOKEN_BUDGET)
+
+
+DEFAULT_SAMPLING = Molmo2Sampling()
+
+
 def visual_tokens_per_frame(frame_size: int = FRAME_SIZE) -> int:
     """Visual tokens of one frame of `frame_size` pixels with Molmo2's patches and pooling (81 at 378 px)."""
     return Molmo2Geometry(frame_size=frame_size).tokens_per_frame
 
 
-def check_frame_budget(num_frames: int, geometry: Molmo2Geometry = DEFAULT_GEOMETRY) -> None:
-    """Raise ConfigError when `num_frames` frames cannot fit the model's context."""
+def check_frame_budget(
+    num_frames: int, geometry: Molmo2Geometry = DEFAULT_GEOMETRY, sampling: Molmo2Sampling = DEFAULT_SAMPLING
+) -> None:
+    """Raise ConfigError when `num_frames` frames cannot fit the model's context (`sampling.context_tokens`)."""
     visual = num_frames * geometry.tokens_per_frame
-    if visual > VISUAL_TOKEN_BUDGET:
+    if visual > sampling.visual_token_budget:
+        most = max(1, sampling.visual_token_budget // geometry.tokens_per_frame)
         raise ConfigError(
-            f"num_frames={num_frames} needs ~{visual} visual tokens, over Molmo2's {CONTEXT_TOKENS:,}-token "
-            "context: lower --num-frames (<= 384)"
+            f"num_frames={num_frames} needs ~{visual} visual tokens, over Molmo2's {sampling.context_tokens:,}-token "
+            f"context: lower --num-frames (<= {most})"
         )
 
 
@@ -103,6 +126,40 @@ def checkpoint_geometry(model: str, endpoint_url: str | None) -> Molmo2Geometry:
             video_pooling=_pooling(settings.get("pooling_size")) if is_video else VIDEO_POOLING,
         )
     return DEFAULT_GEOMETRY
+
+
+def checkpoint_sampling(model: str, endpoint_url: str | None) -> Molmo2Sampling:
+    """The frames a clip gets (`num_frames`, `max_fps` of the video processor's settings) and the language
+    model's context (`max_position_embeddings` in config.json) that a checkpoint declares, as transformers'
+    processor would read them; what it does not declare is the released checkpoints' value."""
+    if model.startswith("file://"):
+        model = model[len("file://") :]
+    num_frames, max_fps = NUM_FRAMES, MAX_FPS
+    for name in PROCESSOR_FILES:
+        data = _read_json(model, name, endpoint_url)
+        video = _video_settings(data, video=name.startswith("video_")) if data else None
+        if video is None:
+            continue
+        frames, fps = video.get("num_frames"), video.get("max_fps")
+        if isinstance(frames, int) and not isinstance(frames, bool) and frames > 0:
+            num_frames = frames
+        if isinstance(fps, (int, float)) and not isinstance(fps, bool) and math.isfinite(fps) and fps > 0:
+            max_fps = float(fps)
+        break
+    config = _read_json(model, "config.json", endpoint_url) or {}
+    text = config.get("text_config")
+    context = (text if isinstance(text, dict) else {}).get("max_position_embeddings", config.get("max_position_embeddings"))
+    if not (isinstance(context, int) and not isinstance(context, bool) and context > 0):
+        context = CONTEXT_TOKENS
+    return Molmo2Sampling(num_frames=num_frames, max_fps=max_fps, context_tokens=context)
+
+
+def _video_settings(data: Mapping[str, Any], *, video: bool) -> Mapping[str, Any] | None:
+    """A video processor's settings: a `video_processor` section, or the whole file when it is one."""
+    section = data.get("video_processor")
+    if isinstance(section, dict):
+        return section
+    return data if video else None
 
 
 def model_frame_size(model: str, endpoint_url: str | None) -> int:

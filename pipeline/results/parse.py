@@ -376,10 +376,15 @@ def _read_unit(t: float, unit: Sequence[str]) -> _RawPoint | None:
     return (t, object_id, x, y)
 
 
+# "There are no people." is how a count of zero is said (the toy Molmo2's grammar, and plain English):
+# without it an empty clip's count would be null (unknown), not 0.
+_NONE_THERE_RE = re.compile(r"\bthere\s+(?:are|is)\s+no\b", re.IGNORECASE)
+
+
 def _stated_number(text: str) -> int | None:
     match = _COUNT_RE.search(text)
     if match is None:
-        return None
+        return 0 if _NONE_THERE_RE.search(text) else None
     if match.group("digits") is not None:
         return int(match.group("digits"))
     return _NUMBER_WORDS[match.group("word").lower()]

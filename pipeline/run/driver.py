@@ -454,5 +454,5 @@ def _set_reliability_limits(data_ctx: Any, frame_size: int, config: RunConfig) -
       backpressure bound how many windows wait for the model.
     """
     data_ctx.max_errored_blocks = -1
-    window_bytes = config.sampling.num_frames * frame_size * frame_size * 3
+    window_bytes = settings.sampler_of(config).num_frames * frame_size * frame_size * 3
     data_ctx.target_max_block_size = int(min(128 * 2**20, max(8 * 2**20, 2 * window_bytes)))

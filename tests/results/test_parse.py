@@ -147,6 +147,9 @@ def test_tag_index_counts_tags_without_points() -> None:
         ("Someone waves.", None),  # no number word inside another word
         ("twenty-one geese", None),  # not read as 20
         ("There are 12 cars and 3 bikes.", 12),  # the first count stated
+        ("There are no people.", 0),  # how a count of zero is said
+        ("There is no dog here.", 0),
+        ("No, the dog is not there.", None),  # a bare "no" is not a count
     ],
 )
 def test_text_only(answer: str, number: int | None) -> None:

@@ -1,14 +1,15 @@
 """Build the initial (untrained) toy Molmo2 checkpoint: real transformers Molmo2 classes, processor and
 chat template, a small offline byte-level BPE with Qwen-style digit splitting, and a small declared geometry.
 
-Adapted from the project's pipeline/tiny_model.py (copied, not imported: that package is being moved).
+Built like the project's random tiny model (pipeline/devtools/tiny_model.py), with its own tokenizer, geometry
+and initialisation for training (see toy/NOTES.md for why each choice).
 
 Geometry declared by the checkpoint (read it from the processor / config, do not assume 378 px):
     video_processor.size = 252 x 252, patch_size 14, pooling_size [2, 2] -> 9 x 9 = 81 tokens a frame
     video_processor.num_frames = 8, max_fps = 2 (a window of <= 8 frames at <= 2 fps)
     config.vision_config.image_size = [252, 252]
 
-    python build_toy.py --out /work/toy/run/init [--text-hidden 256 --text-layers 4]
+    python -m pipeline.devtools.toy_build --out RUN/init [--text-hidden 256 --text-layers 4]
 """
 
 from __future__ import annotations
@@ -16,10 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -106,8 +104,7 @@ _CORPUS = [
 
 def corpus() -> list[str]:
     """Tokenizer training text: plain English plus many toy-world answers (points, tracks, captions)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import toyworld as tw
+    from pipeline.devtools import toyworld as tw
 
     lines = list(_CORPUS) * 5
     rng = np.random.default_rng(12345)
@@ -253,7 +250,8 @@ def build_processor(tokenizer: Any) -> Any:
 def sincos_2d(n_side: int, dim: int, temperature: float = 100.0) -> np.ndarray:
     """2-D sine/cosine position table (n_side^2, dim), row-major patches; first half of the dims encode y,
     the second half x."""
-    assert dim % 4 == 0
+    if dim % 4:
+        raise ValueError(f"a 2-D sin/cos table needs a dimension divisible by 4, got {dim}")
     q = dim // 4
     omega = 1.0 / temperature ** (np.arange(q) / max(q - 1, 1))
     ys, xs = np.meshgrid(np.arange(n_side), np.arange(n_side), indexing="ij")
@@ -265,8 +263,7 @@ def sincos_2d(n_side: int, dim: int, temperature: float = 100.0) -> np.ndarray:
 
 
 def calibration_video(num_frames: int = 4) -> np.ndarray:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import toyworld as tw
+    from pipeline.devtools import toyworld as tw
 
     world = tw.make_world(424242, width=640, height=480, fps=10, duration=2.0, n_start=3, arrival_rate=0.0)
     return tw.render_model_frames(world, np.arange(num_frames) * 0.5, FRAME_SIZE)
@@ -286,7 +283,7 @@ def init_weights(model: Any, processor: Any, seed: int, visual_norm: float = 1.0
         pe.weight.copy_(torch.randn(pe.weight.shape, generator=gen) / math.sqrt(pe.weight.shape[1]))
         pe.bias.zero_()
         adapter = model.model.multi_modal_projector
-        for name, mod in adapter.named_modules():
+        for mod in adapter.modules():
             if isinstance(mod, torch.nn.Linear):
                 mod.weight.copy_(torch.randn(mod.weight.shape, generator=gen) / math.sqrt(mod.weight.shape[1]))
                 if mod.bias is not None:
@@ -323,7 +320,8 @@ def build(args: Any) -> Path:
     token_ids = {t: int(tokenizer.convert_tokens_to_ids(t)) for t in EXTRA_TOKENS}
     special = {k: int(tokenizer.convert_tokens_to_ids(v)) for k, v in
                (("bos", BOS_TOKEN), ("eos", EOS_TOKEN), ("pad", PAD_TOKEN))}
-    assert max(special.values()) < base_vocab
+    if max(special.values()) >= base_vocab:
+        raise RuntimeError(f"special tokens {special} must be in the base vocabulary ({base_vocab})")
     processor = build_processor(tokenizer)
     config = build_config(args, base_vocab, token_ids)
     torch.manual_seed(args.seed)
@@ -341,7 +339,7 @@ def build(args: Any) -> Path:
     model.save_pretrained(out)
     processor.save_pretrained(out)
     meta = {
-        "kind": "molmo-batch toy Molmo2 (trained on the toy world of /work/toy/toyworld.py)",
+        "kind": "molmo-batch toy Molmo2 (trained on the toy world of pipeline/devtools/toyworld.py)",
         "frame_size": FRAME_SIZE,
         "patch_size": PATCH_SIZE,
         "video_pooling": list(VIDEO_POOLING),

@@ -10,7 +10,8 @@ start position, constant velocity, radius, colour). From it:
 * `render_model_frames(world, times, size)`: fast in-memory frames at model resolution (square,
   squashed), rendered at a capped intermediate resolution with yuv420 chroma subsampling and then
   resized with PIL's antialiased bilinear filter (close to FFmpeg's swscale bilinear downscale of a
-  decoded frame, which is what the pipeline's decoder does; `tests` in eval_toy compare the two);
+  decoded frame, which is what the pipeline's decoder does; tests/devtools/test_toyworld.py compares
+  the two);
 * `ground_truth(world)`: every person's centre per source frame (display pixels) + visibility;
 * `answers(world, times, labels)`: the exact answer strings for Molmo2's four prompts.
 
@@ -30,8 +31,8 @@ from __future__ import annotations
 
 import colorsys
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -43,6 +44,8 @@ QUESTIONS = {
 }
 
 MAX_IN_VIEW = 5
+
+Times = Sequence[float] | np.ndarray  # frame times in seconds
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,7 +100,7 @@ class World:
         """(width, height) of the frames stored in the mp4 (before the display rotation)."""
         return (self.height, self.width) if self.rotation % 180 == 90 else (self.width, self.height)
 
-    def positions(self, times: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def positions(self, times: Times) -> tuple[np.ndarray, np.ndarray]:
         """Centres (P, T, 2) in display px and visibility (P, T) bool at the given times."""
         times = np.asarray(times, dtype=np.float64)
         if not self.people:
@@ -148,7 +151,7 @@ def random_person_color(rng: np.random.Generator, hue_span: float = 1.0) -> tupl
     curriculum only; the spec's world uses 1.0)."""
     hue = rng.random() if hue_span >= 1.0 else rng.uniform(-0.5, 0.5) * hue_span
     r, g, b = _hsv(hue, rng.uniform(0.65, 1.0), rng.uniform(0.55, 1.0))
-    return (int(round(r * 255)), int(round(g * 255)), int(round(b * 255)))
+    return (round(r * 255), round(g * 255), round(b * 255))
 
 
 def random_geometry(rng: np.random.Generator, portrait: bool | None = None) -> tuple[int, int, int]:
@@ -157,7 +160,7 @@ def random_geometry(rng: np.random.Generator, portrait: bool | None = None) -> t
     while True:
         w = int(rng.integers(160, 641)) * 2
         aspect = rng.uniform(1.25, 1.8)
-        h = int(round(w / aspect / 2)) * 2
+        h = round(w / aspect / 2) * 2
         if 240 <= h <= 720:
             break
     if portrait is None:
@@ -224,7 +227,7 @@ def make_world(
         fps = float(rng.choice([10, 12, 15, 20, 24, 25, 30, 29.97]))
     if duration is None:
         duration = float(rng.uniform(4.0, 180.0))
-    n_frames = max(1, int(round(duration * fps)))
+    n_frames = max(1, round(duration * fps))
     world = World(seed, int(width), int(height), float(fps), n_frames, rotation, plain_floor(rng) if plain else random_floor(rng))
     times = world.frame_times if check_times is None else np.asarray(check_times, dtype=np.float64)
     W, H = world.width, world.height
@@ -331,14 +334,15 @@ class ClipTruth:
     px: np.ndarray  # (n, T, 2) display px
 
 
-def clip_truth(world: World, times: Sequence[float], labels: Sequence[str] | None = None) -> ClipTruth:
-    times = np.asarray(times, dtype=np.float64)
+def clip_truth(world: World, times_s: Times, labels: Sequence[str] | None = None) -> ClipTruth:
+    """The truth of the frames at `times_s` (absolute seconds); labels default to times relative to the first."""
+    times = np.asarray(times_s, dtype=np.float64)
     if labels is None:
         labels = [time_label(t - times[0]) for t in times]
     xy, vis = world.positions(times)
     seen = np.flatnonzero(vis.any(1)) if len(vis) else np.zeros(0, dtype=int)
     first = np.array([int(np.argmax(vis[k])) for k in seen], dtype=int)
-    xfirst = np.array([xy[k, f, 0] for k, f in zip(seen, first)])
+    xfirst = np.array([xy[k, f, 0] for k, f in zip(seen, first, strict=False)])
     order = np.lexsort((xfirst, first)) if len(seen) else np.zeros(0, dtype=int)
     seen, first = seen[order], first[order]
     X, Y = to_units(world, xy[..., 0], xy[..., 1])
@@ -407,7 +411,7 @@ _HUE_EDGES = [15, 45, 70, 160, 200, 260, 295, 340]  # degrees where the next nam
 def color_name(rgb: Sequence[int]) -> str:
     h, _s, _v = colorsys.rgb_to_hsv(*(c / 255 for c in rgb))
     deg = h * 360
-    for name, edge in zip(_HUES, _HUE_EDGES):
+    for name, edge in zip(_HUES, _HUE_EDGES, strict=False):
         if deg < edge:
             return name
     return "red"
@@ -437,13 +441,13 @@ def answer_caption(world: World, ct: ClipTruth) -> str:
         return f"The video shows an empty {fl} floor. There are no people."
     head = f"The video shows {n} {'person' if n == 1 else 'people'} on a {fl} floor."
     parts = [head]
-    for k, pid in enumerate(ct.pids):
+    for _k, pid in enumerate(ct.pids):
         p = world.people[pid - 1]
         parts.append(f"A {color_name(p.color)} person {direction_phrase(p.vx, p.vy, world.width)}.")
     return " ".join(parts)
 
 
-def answers(world: World, times: Sequence[float], labels: Sequence[str] | None = None) -> dict[str, str]:
+def answers(world: World, times: Times, labels: Sequence[str] | None = None) -> dict[str, str]:
     """Answer strings for the four questions, for the frames at `times` (absolute seconds)."""
     ct = clip_truth(world, times, labels)
     return {
@@ -485,8 +489,8 @@ def _paint_people(world: World, img: np.ndarray, t: float, w: int, h: int) -> No
     """Paint antialiased discs (ellipses on a w x h grid over the display) in place."""
     sx, sy = w / world.width, h / world.height
     for p in world.people:
-        cx, cy = p.pos(t)
-        cx, cy = float(cx) * sx, float(cy) * sy
+        px, py = p.pos(t)
+        cx, cy = float(px) * sx, float(py) * sy
         rx, ry = p.radius * sx, p.radius * sy
         x0, x1 = max(0, int(cx - rx - 2)), min(w, int(cx + rx + 3))
         y0, y1 = max(0, int(cy - ry - 2)), min(h, int(cy + ry + 3))
@@ -532,7 +536,7 @@ def _yuv420(img: np.ndarray) -> np.ndarray:
 
 
 def render_model_frames(
-    world: World, times: Sequence[float], size: int, *, max_render: int | None = None, rng: np.random.Generator | None = None
+    world: World, times: Times, size: int, *, max_render: int | None = None, rng: np.random.Generator | None = None
 ) -> np.ndarray:
     """Frames (T, size, size, 3) uint8 as the model sees them: display frame squashed to a square.
 
@@ -560,7 +564,7 @@ def render_model_frames(
             img += np.float32(rng.uniform(0, 0.006)) * rng.standard_normal(img.shape, dtype=np.float32)
         u8 = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
         if (w, h) != (size, size):
-            u8 = np.asarray(Image.fromarray(u8).resize((size, size), Image.BILINEAR))
+            u8 = np.asarray(Image.fromarray(u8).resize((size, size), Image.Resampling.BILINEAR))
         out[i] = u8
     return out
 
@@ -600,7 +604,7 @@ def write_mp4(world: World, path: str, *, crf: int = 23, max_frames: int | None 
     return {"path": path, "width": world.width, "height": world.height, "coded": [cw, ch], "rotation": world.rotation, "fps": fps, "frames": n}
 
 
-def decode_frames(path: str, times: Sequence[float], size: int) -> tuple[np.ndarray, np.ndarray, dict]:
+def decode_frames(path: str, times: Times, size: int) -> tuple[np.ndarray, np.ndarray, dict]:
     """Decode the frames nearest to `times` the way the pipeline does (PyAV, swscale bilinear resize
     of the coded frame to size x size, then rotate upright). Returns frames, their times, probe info."""
     import av

@@ -11,8 +11,11 @@ State (model, optimizer, step, stage, rng, best figure) is saved to RUN/ckpt eve
 and a restart resumes from it. The best model so far (by the current stage's eval figure) is saved
 with save_pretrained (model + processor) to RUN/best at each eval; RUN/last holds the latest eval's model.
 
-    nohup nice -n 10 python train_toy.py --run /work/toy/run > /work/toy/run/train.log 2>&1 &
-    python train_toy.py --smoke            # 3 steps, < 60 s
+    nohup nice -n 10 python -m pipeline.devtools.toy_train --run RUN > RUN/train.log 2>&1 &
+    python -m pipeline.devtools.toy_train --smoke [--run DIR]   # 3 steps (one of each batch kind), saved
+
+--smoke runs 3 more steps than the run folder holds (a fresh folder: steps 1-3; again: 4-6, resumed), with
+tiny evals, and saves the model (RUN/last) and the resume state like a real run.
 """
 
 from __future__ import annotations
@@ -23,20 +26,19 @@ import math
 import os
 import random
 import shutil
-import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import eval_toy as ev  # noqa: E402
-import toyworld as tw  # noqa: E402
+from pipeline.devtools import toy_build
+from pipeline.devtools import toy_eval as ev
+from pipeline.devtools import toyworld as tw
 
 # stage: min steps in the stage, latest end (fraction of the time budget --max-hours), eval gate to move on
-STAGES = {
+STAGES: dict[str, dict[str, Any]] = {
     "A": {"min": 300, "until": 0.30, "gate": ("F50", 0.40)},
     "B": {"min": 800, "until": 0.55, "gate": ("F50", 0.80)},
     "C": {"min": 300, "until": 0.80, "gate": ("F50", 0.70)},
@@ -153,9 +155,7 @@ def save_pretrained(model: Any, processor: Any, out: Path) -> None:
         shutil.rmtree(tmp)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    meta = HERE / "run" / "init" / "molmo_toy.json"
-    if (out.parent / "init" / "molmo_toy.json").exists():
-        meta = out.parent / "init" / "molmo_toy.json"
+    meta = out.parent / "init" / toy_build.METADATA_FILE
     if meta.exists():
         shutil.copy(meta, tmp / "molmo_toy.json")
     for f in tmp.iterdir():
@@ -217,7 +217,7 @@ def eval_clips(stage: str, n: int, size: int, max_frames: int, run: Path, proces
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--run", default=str(HERE / "run"))
+    ap.add_argument("--run", default=None, help="run folder (state, evals, models); --smoke: a new temporary one")
     ap.add_argument("--init", default=None, help="initial checkpoint dir (default RUN/init, built if missing)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--batch", type=int, default=8, help="single-frame stages")
@@ -236,9 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vis-freeze", type=int, default=500, help="steps with the vision tower + adapter frozen")
     ap.add_argument("--vis-lr-mult", type=float, default=0.5, help="vision-side LR multiplier after the freeze")
     ap.add_argument("--stage", default=None, help="force the starting stage (fresh runs only)")
+    ap.add_argument("--resume-stage", default=None, help="on resume, switch to this stage (e.g. back to B for more single-frame steps)")
+    ap.add_argument("--until", default="", help="override stage caps as fractions of --max-hours, e.g. B=0.45,C=0.72")
     ap.add_argument("--text-hidden", type=int, default=256)
     ap.add_argument("--text-layers", type=int, default=4)
+    ap.add_argument("--vision-hidden", type=int, default=96)
+    ap.add_argument("--vision-layers", type=int, default=3)
     args = ap.parse_args(argv)
+    if args.run is None and not args.smoke:
+        ap.error("give --run RUN (a folder for the resume state, evals and models), or --smoke")
 
     import torch
 
@@ -247,19 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    run = Path(args.run)
+    run = Path(args.run) if args.run else Path(tempfile.mkdtemp(prefix="toy_smoke_"))
     if args.smoke:
-        run = Path(args.run if args.run != str(HERE / "run") else "/tmp/toy_smoke")
-        args.total_steps, args.warmup, args.eval_n = 3, 1, 4
-        args.video_batch = 2
+        args.warmup, args.eval_n, args.video_batch, args.batch = 1, 2, 2, 2
     run.mkdir(parents=True, exist_ok=True)
     init = Path(args.init) if args.init else run / "init"
     if not (init / "config.json").exists():
-        import build_toy
-
-        build_toy.build(argparse.Namespace(out=str(init), text_hidden=args.text_hidden,
-                                           text_layers=args.text_layers, vision_hidden=96,
-                                           vision_layers=3, seed=args.seed, overwrite=True))
+        toy_build.build(argparse.Namespace(out=str(init), text_hidden=args.text_hidden,
+                                           text_layers=args.text_layers, vision_hidden=args.vision_hidden,
+                                           vision_layers=args.vision_layers, seed=args.seed, overwrite=True))
     processor = AutoProcessor.from_pretrained(init)
     model = AutoModelForImageTextToText.from_pretrained(init, dtype=torch.float32)
     model.model.vision_tower.positional_embedding.requires_grad_(False)
@@ -279,9 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.98))
     ckpt = run / "ckpt" / "state.pt"
     ckpt.parent.mkdir(exist_ok=True)
-    state = {"step": 0, "stage": args.stage or "A", "stage_start": 0, "best": -1.0, "train_s": 0.0,
+    state: dict[str, Any] = {"step": 0, "stage": args.stage or "A", "stage_start": 0, "best": -1.0, "train_s": 0.0,
              "history": []}
-    if ckpt.exists() and not args.smoke:
+    if ckpt.exists():
         blob = torch.load(ckpt, weights_only=False)
         model.load_state_dict(blob["model"])
         opt.load_state_dict(blob["opt"])
@@ -290,6 +292,16 @@ def main(argv: list[str] | None = None) -> int:
         np.random.set_state(blob["np_rng"])
         random.setstate(blob["py_rng"])
         log(f"resumed from {ckpt}: step {state['step']} stage {state['stage']}")
+        if args.resume_stage and args.resume_stage != state["stage"]:
+            log(f"stage {state['stage']} -> {args.resume_stage} (--resume-stage) at step {state['step']}")
+            # back-dated start: a return to B keeps its hue/floor ramp finished (ease 0), not easy again
+            back = args.hue_ramp if args.resume_stage == "B" else 0
+            state["stage"], state["stage_start"] = args.resume_stage, state["step"] - back
+    if args.smoke:  # three more steps than the folder holds: a resumed smoke run continues the count
+        args.total_steps = state["step"] + 3
+    for item in filter(None, args.until.split(",")):
+        name, frac = item.split("=")
+        STAGES[name.strip()]["until"] = float(frac)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {n_params:,} params; frame {size}px; batch {args.batch}; total_steps {args.total_steps}; run {run}")
     batcher = Batcher(processor)
@@ -328,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"elapsed {state['train_s'] / 60:.1f} min")
             losses = []
         now = time.monotonic()
-        do_eval = args.smoke and state["step"] == args.total_steps or (now - last_eval) > args.eval_min * 60
+        do_eval = (args.smoke and state["step"] == args.total_steps) or (now - last_eval) > args.eval_min * 60
         if do_eval:
             model.eval()
             te = time.monotonic()
@@ -362,15 +374,14 @@ def main(argv: list[str] | None = None) -> int:
             last_eval = time.monotonic()
             with open(run / "history.json", "w") as fh:
                 json.dump(state["history"], fh, indent=1)
-        if not args.smoke and (time.monotonic() - last_ckpt > args.ckpt_min * 60 or do_eval):
+        if time.monotonic() - last_ckpt > args.ckpt_min * 60 or do_eval:
             save_state(ckpt, model, opt, state)
             last_ckpt = time.monotonic()
         if state["train_s"] > args.max_hours * 3600:
             log("max hours reached")
             break
-    if not args.smoke:
-        save_state(ckpt, model, opt, state)
-    log(f"done at step {state['step']}")
+    save_state(ckpt, model, opt, state)
+    log(f"done at step {state['step']}: {run}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Evaluate a toy Molmo2 checkpoint on fresh toy-world clips (seeds disjoint from training).
 
-Greedy `model.generate` through the real processor and chat template; answers parsed with a small
-parser of Molmo2's grammar. Figures:
+Greedy `model.generate` through the real processor and chat template (no Ray, no pipeline stages: the
+training loop's quick check; the end-to-end figures come from benchmarks/bench_accuracy.py); answers read
+with the pipeline's parser. Figures:
 
 * count exact: the stated number ("There are 3 people." / "There is 1 person." / "no people" = 0)
   equals the number of distinct people visible in the sampled frames;
@@ -14,7 +15,7 @@ parser of Molmo2's grammar. Figures:
   predicted track point is matched to it (per-frame Hungarian, 50 units) and all those points carry the
   same id, used for no other true person.
 
-    python eval_toy.py --ckpt /work/toy/run/best --n 100 [--mp4] [--frames 8]
+    python -m pipeline.devtools.toy_eval --ckpt toy/checkpoint/model --n 100 [--mp4] [--frames 8]
 
 `--mp4` writes every clip as H.264 mp4 (random size 320x240..1280x720, 10-30 fps, some portrait with
 rotation metadata), decodes the sampled frames the way the pipeline does (PyAV, resize of the coded
@@ -27,63 +28,36 @@ import argparse
 import json
 import math
 import os
-import re
-import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import toyworld as tw  # noqa: E402
+from pipeline.devtools import toyworld as tw
+from pipeline.results.parse import parse_answer
 
 EVAL_SEED_BASE = 2_000_000_000  # training seeds stay far below this
 
 # ----------------------------------------------------------------------------------------------
-# Parsing
-
-_TAG_RE = re.compile(r"<(points|tracks)\s+coords=\"([^\"]*)\"?[^>]*>?", re.IGNORECASE)
-_NUM_WORDS = {"no": 0, "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
-              "seven": 7, "eight": 8, "nine": 9, "ten": 10}
+# Parsing: the pipeline's own parser, read into (time label, id, X, Y) points
 
 
 @dataclass
 class Parsed:
     points: list[tuple[str, int | None, float, float]]  # (time label, id, X, Y)
     number: int | None
-    ok: bool  # at least one tag read cleanly or a count sentence present
+    ok: bool  # every tag read cleanly, or a count sentence and no tag
 
 
 def parse(answer: str) -> Parsed:
-    pts: list[tuple[str, int | None, float, float]] = []
-    ok = False
-    for m in _TAG_RE.finditer(answer):
-        ok = True
-        for group in re.split(r"[;\t,:]", m.group(2)):
-            toks = group.split()
-            if len(toks) < 4:
-                continue
-            t = toks[0]
-            nums = toks[1:]
-            for i in range(0, len(nums) - len(nums) % 3, 3):
-                try:
-                    oid, x, y = int(nums[i]), float(nums[i + 1]), float(nums[i + 2])
-                except ValueError:
-                    continue
-                if 0 <= x <= 1000 and 0 <= y <= 1000:
-                    pts.append((t, oid, x, y))
-    text = _TAG_RE.sub(" ", answer)
-    text = re.sub(r"</?(points|tracks)[^>]*>?", " ", text)
-    number = None
-    m = re.search(r"There (?:are|is) (\d+|no|zero|one|two|three|four|five|six|seven|eight|nine|ten)\b", text)
-    if m:
-        w = m.group(1)
-        number = int(w) if w.isdigit() else _NUM_WORDS[w]
-        ok = True
-    return Parsed(pts, number, ok)
+    """Read an answer with `pipeline.results.parse.parse_answer`; times as the labels the processor writes."""
+    parsed = parse_answer(answer)
+    points = [(tw.time_label(p.t), p.object_id, p.x, p.y) for p in parsed.points]
+    ok = parsed.status == "ok" or (parsed.status == "no_tags" and parsed.number is not None)
+    return Parsed(points, parsed.number, ok)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,12 +133,12 @@ def mp4_clip(seed: int, n_frames: int, size: int, workdir: str, num_frames: int 
     world = tw.make_world(seed, duration=duration)
     # the pipeline's window: num_frames / max_fps seconds, native sampling
     window = num_frames / max_fps
-    n_src = min(world.n_frames, int(round(window * world.fps)))
+    n_src = min(world.n_frames, round(window * world.fps))
     idx = tw.native_sample_times(n_src, world.fps, min(num_frames, n_frames), max_fps)
     times = idx / world.fps
     path = os.path.join(workdir, f"clip_{seed}.mp4")
     tw.write_mp4(world, path, max_frames=int(idx[-1]) + 2)
-    frames, got_t, info = tw.decode_frames(path, times, size)
+    frames, _got_t, _info = tw.decode_frames(path, times, size)
     os.unlink(path)
     if len(frames) != len(times):
         raise RuntimeError(f"decoded {len(frames)} of {len(times)} frames")
@@ -264,7 +238,7 @@ def track_consistency(clip: Clip, points: list[tuple[str, int | None, float, flo
                     if d <= 50.0:
                         c[i, j] = d
             r, cc = linear_sum_assignment(c)
-            for i, j in zip(r, cc):
+            for i, j in zip(r, cc, strict=False):
                 if c[i, j] < 1e9:
                     assigned[people[j]] = pts[i][1]
         for k in people:
@@ -277,7 +251,8 @@ def track_consistency(clip: Clip, points: list[tuple[str, int | None, float, flo
                 owner.setdefault(oid, set()).add(k)
     for k in range(n_true):
         ids = ids_of[k]
-        if ids and all(i is not None for i in ids) and len(set(ids)) == 1 and owner[ids[0]] == {k}:
+        first_id = ids[0] if ids else None
+        if first_id is not None and all(i == first_id for i in ids) and owner[first_id] == {k}:
             kept += 1
     n_pred_ids = len({p[1] for p in points})
     return {"n_true": n_true, "kept": kept, "right_n_ids": int(n_pred_ids == n_true)}
@@ -297,16 +272,16 @@ def evaluate(model: Any, processor: Any, clips: Sequence[Clip], *, tasks: Sequen
         parsed = [parse(a) for a in answers]
         fig[f"{task}_parsed"] = float(np.mean([p.ok for p in parsed]))
         if task == "count":
-            exact = [p.number == len(ct.first) for p, ct in zip(parsed, truths)]
+            exact = [p.number == len(ct.first) for p, ct in zip(parsed, truths, strict=False)]
             fig["count_exact"] = float(np.mean(exact))
         if task in ("count", "point"):
-            for c, p in zip(clips, parsed):
+            for c, p in zip(clips, parsed, strict=False):
                 m = match_points(c, p.points)
                 for k in agg:
                     agg[k] += m[k]
         if task == "track":
             kept = n = right = 0
-            for c, p in zip(clips, parsed):
+            for c, p in zip(clips, parsed, strict=False):
                 t = track_consistency(c, p.points)
                 kept += t["kept"]
                 n += t["n_true"]
@@ -314,7 +289,7 @@ def evaluate(model: Any, processor: Any, clips: Sequence[Clip], *, tasks: Sequen
             fig["track_id_kept"] = kept / max(n, 1)
             fig["track_right_n_ids"] = right / max(len(clips), 1)
         if details is not None:
-            for c, a in zip(clips, answers):
+            for c, a in zip(clips, answers, strict=False):
                 details.append({"seed": c.seed, "task": task, "answer": a,
                                 "truth": tw.answers(c.world, c.times, c.labels)[task]})
         clips = all_clips
@@ -326,9 +301,21 @@ def evaluate(model: Any, processor: Any, clips: Sequence[Clip], *, tasks: Sequen
     return fig
 
 
+CURVE_COLUMNS = ["step", "stage", "min", "count_exact", "P50", "R50", "P_px5", "R_px5", "P100", "R100",
+                 "track_id_kept", "video_gain"]
+
+
+def curve_table(history: list[dict[str, Any]]) -> str:
+    """A run's eval history (RUN/history.json) as a markdown table."""
+    lines = ["| " + " | ".join(CURVE_COLUMNS) + " |", "|" + "---|" * len(CURVE_COLUMNS)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in CURVE_COLUMNS) + " |" for r in history]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--ckpt", help="checkpoint folder (save_pretrained model + processor)")
+    ap.add_argument("--curve", metavar="HISTORY", help="print the learning curve of RUN/history.json and stop")
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--frames", type=int, default=8, help="max frames a clip (window)")
     ap.add_argument("--single", action="store_true", help="single-frame clips")
@@ -337,6 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed-offset", type=int, default=500_000)
     ap.add_argument("--details", default=None, help="write answers + truths as JSON lines here")
     args = ap.parse_args(argv)
+    if args.curve:
+        with open(args.curve) as fh:
+            print(curve_table(json.load(fh)))
+        return 0
+    if not args.ckpt:
+        ap.error("give --ckpt DIR (or --curve HISTORY)")
 
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
