@@ -341,7 +341,13 @@ def video_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[Task], ctx: Row
 
     num_windows = len({int(r["window_index"]) for r in window_rows})
     for (kind, query), pts in sorted(grounded.items()):
+        distinct: int | None
         distinct, ids = _distinct_objects(pts, num_windows, ctx)
+        if kind == "count" and num_windows > 1:
+            # A count answer points each object once, at a frame of its own choosing: one person is pointed
+            # at different times in two overlapping windows, so its points cannot be joined. Across windows
+            # only tracks say which objects are the same (`track:`); max_window_count is the lower bound.
+            distinct = None
         if kind == "track":
             for g in pts:
                 p = g.row

@@ -106,7 +106,7 @@ def test_counts_by_pointing_text_and_none() -> None:
     assert (c1["count"], c1["count_method"], c1["parse_status"]) == (2, "text_number", "no_tags")
     vc = tables["video_counts"][0]
     assert (vc["task"], vc["query"], vc["max_window_count"], vc["windows"]) == ("count", "person", 3, 2)
-    assert vc["distinct_objects"] == 3
+    assert vc["distinct_objects"] is None  # two windows: count points cannot be joined across them
 
 
 def test_unparseable_and_truncated_answers_get_a_status_not_a_crash() -> None:
@@ -194,16 +194,28 @@ def test_counts_and_video_counts_agree_on_distinct_objects(answer: str, count: i
 
 
 def test_id_less_points_are_stitched_across_windows_like_any_other() -> None:
-    # Window 0 (0-30 s) and window 1 (25-50 s) both point, without IDs, at an object at (500, 500) in the
-    # overlap, and window 1 also at a second object far from it: 2 objects in the video, not 3 and not 1.
+    # Window 0 (0-30 s) and window 1 (25-50 s) both track, without IDs, an object at (500, 500) in the
+    # overlap, and window 1 also a second object far from it: 2 objects in the video, not 3 and not 1.
     rows = [
-        _row(0, 0.0, 30.0, "count", "person", '<points coords="26.0 500 500">p</points>'),
-        _row(1, 25.0, 50.0, "count", "person", '<points coords="1.0 500 500 100 900">p</points>'),
+        _row(0, 0.0, 30.0, "track", "person", '<tracks coords="26.0 500 500">p</tracks>'),
+        _row(1, 25.0, 50.0, "track", "person", '<tracks coords="1.0 500 500 100 900">p</tracks>'),
     ]
-    tables = video_tables(rows, build_tasks(["count:person"]), CTX)
-    assert [c["count"] for c in tables["counts"]] == [1, 2]
+    tables = video_tables(rows, build_tasks(["track:person"]), CTX)
     (vc,) = tables["video_counts"]
     assert (vc["distinct_objects"], vc["max_window_count"]) == (2, 2)
+
+
+def test_a_count_over_several_windows_has_no_video_wide_distinct_count() -> None:
+    # The same person, pointed once per window at a frame of each window's choosing (Molmo2's counting):
+    # nothing joins the two points, so the video-wide number is unknown, not 2; each window's count stays.
+    rows = [
+        _row(0, 0.0, 30.0, "count", "person", '<points coords="3.0 1 500 500">people</points>'),
+        _row(1, 25.0, 50.0, "count", "person", '<points coords="0.0 1 520 500">people</points>'),
+    ]
+    tables = video_tables(rows, build_tasks(["count:person"]), CTX)
+    assert [c["count"] for c in tables["counts"]] == [1, 1]
+    (vc,) = tables["video_counts"]
+    assert (vc["distinct_objects"], vc["max_window_count"], vc["windows"]) == (None, 1, 2)
 
 
 def test_id_less_track_points_are_tracks_of_their_own() -> None:
