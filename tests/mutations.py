@@ -178,8 +178,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "retry-statuses-ignored", "a nightly run processes again the videos whose every row failed",
-        "pipeline/run/driver.py", "keep = [s for s in VIDEO_STATUSES if s not in retry] if retry else None",
-        "keep = None",
+        "pipeline/run/driver.py", "tuple(s for s in VIDEO_STATUSES if s not in retry) if retry else None)",
+        "None)",
         (T_NIGHTLY,),
     ),
 )

@@ -38,7 +38,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -51,7 +51,9 @@ log = logging.getLogger(__name__)
 WRITERS_DIR = "_writers"
 LEASES = "leases"
 COMMIT = "commit"
-KEEP_GENERATIONS = 16  # commit-lock generations kept before pruning (a few, for debugging)
+# Commit-lock generations kept before pruning: each says which commit record it wrote, so a writer reads
+# what others committed since its last flush from them instead of listing the whole commit table.
+KEEP_GENERATIONS = 256
 
 
 class LeaseError(MolmoBatchError, RuntimeError):
@@ -314,13 +316,38 @@ class CommitLock:
             time.sleep(delay)
             delay = min(1.0, delay * 2)
 
-    def release(self, ticket: CommitTicket) -> None:
-        body = {"writer_id": self.writer_id, "released": True, "expires_at": 0}
+    def release(self, ticket: CommitTicket, committed: Sequence[str] | None = None) -> None:
+        """Give the lock back, saying which commit records (paths) this generation wrote; None: unknown (a
+        failed commit), so later readers list the commit table instead of trusting this generation."""
+        body: dict[str, Any] = {"writer_id": self.writer_id, "released": True, "expires_at": 0}
+        if committed is not None:
+            body["committed"] = list(committed)
         layout.atomic_write(self.fs, ticket.path, json.dumps(body).encode())
         for old in self._generations():
             if old < ticket.generation - KEEP_GENERATIONS:
                 with contextlib.suppress(FileNotFoundError, OSError):
                     self.fs.rm(self._path(old))
+
+    def settled_generation(self) -> int:
+        """The newest generation whose commit is over (released): every commit record it or an earlier one
+        wrote exists now. A writer reads what later generations committed (`committed_since`)."""
+        gens = self._generations()
+        if not gens:
+            return 0
+        data = _read_json(self.fs, self._path(gens[-1]))
+        return gens[-1] if data is not None and data.get("released") else gens[-1] - 1
+
+    def committed_since(self, after: int, before: int) -> list[str] | None:
+        """The commit records generations after..before (exclusive) wrote, or None when that is not known
+        for one of them (pruned, taken over from a writer that died, written by an older version): then
+        the caller lists the commit table."""
+        paths: list[str] = []
+        for generation in range(after + 1, before):
+            data = _read_json(self.fs, self._path(generation))
+            if data is None or not data.get("released") or not isinstance(data.get("committed"), list):
+                return None
+            paths.extend(str(p) for p in data["committed"])
+        return paths
 
     @contextlib.contextmanager
     def held(self, **kwargs: Any) -> Iterator[CommitTicket]:

@@ -40,7 +40,7 @@ from pipeline.io.secrets import redact
 from pipeline.io.storage import get_fs, join_url
 from pipeline.results.work import DoneQuery, DoneRow, work_done
 from pipeline.tables import layout
-from pipeline.tables.leases import CommitLock, LeaseError, WriterLease, end_lease, read_leases
+from pipeline.tables.leases import CommitLock, CommitTicket, LeaseError, WriterLease, end_lease, read_leases
 from pipeline.tables.schemas import COMMIT_TABLE, TABLES, to_table
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,7 @@ class TableSink:
         self._elsewhere: set[str] = set()
         self._snapshot_taken = False
         self._indexed: frozenset[str] = frozenset()
+        self._lock_seen = 0  # the newest commit-lock generation whose commit this writer has read
         self.parts_written = 0
         self.videos_committed = 0
         self.committed_elsewhere = 0  # buffered videos dropped: another writer committed them meanwhile
@@ -125,6 +126,8 @@ class TableSink:
         if not self.lease.held:
             _retry(self.lease.acquire, f"take the writer lease on {self.output}", self.retry)
         if not self._snapshot_taken:
+            # The lock generation first: a commit settled after it is read at the next flush.
+            self._lock_seen = _retry(self.lock.settled_generation, f"read the commit lock of {self.output}", self.retry)
             self._read_commits()
             self._snapshot_taken = True
         return self
@@ -186,7 +189,20 @@ class TableSink:
     def _read_commits(self) -> list[str]:
         """Read the commit records not read yet (except those in the done index); return their paths."""
         self.fs.invalidate_cache()
-        new = [p for p in self._parts(self.commit_table) if p not in self._commits]
+        return self._read_commit_files([p for p in self._parts(self.commit_table) if p not in self._commits])
+
+    def _read_commits_since(self, ticket: CommitTicket) -> None:
+        """Under the lock: read what other writers committed since this one last looked. The lock's
+        generations in between name their commit records, so this costs a GET per commit, not a listing of
+        the whole commit table (which grows every night); when one of them is not known, list it."""
+        paths = _retry(lambda: self.lock.committed_since(self._lock_seen, ticket.generation),
+                       f"read the commit lock of {self.output}", self.retry)
+        if paths is None:
+            self._read_commits()
+        else:
+            self._read_commit_files([p for p in paths if p not in self._commits])
+
+    def _read_commit_files(self, new: list[str]) -> list[str]:
         for path in new:
             if layout.part_key(path) in self._indexed:  # committed before this writer started: not elsewhere
                 self._commits[path] = []
@@ -239,14 +255,18 @@ class TableSink:
         # Taking and giving back the lock are storage calls like any other: retried through an outage.
         ticket = _retry(lambda: self.lock.acquire(on_wait=self.on_wait), f"take the commit lock of {self.output}",
                         self.retry)
+        committed: list[str] | None = None  # unknown unless the flush ends normally
         try:
-            self._flush_locked(ticket)
+            committed = self._flush_locked(ticket)
         finally:
-            _retry(lambda: self.lock.release(ticket), f"release the commit lock of {self.output}", self.retry)
+            _retry(lambda: self.lock.release(ticket, committed), f"release the commit lock of {self.output}",
+                   self.retry)
+        self._lock_seen = ticket.generation
 
-    def _flush_locked(self, ticket: Any) -> None:
+    def _flush_locked(self, ticket: CommitTicket) -> list[str]:
+        """Write the part; return the commit record it wrote ([] when every video was committed elsewhere)."""
         # Commits that landed since this writer started: their videos are done, never written twice.
-        self._read_commits()
+        self._read_commits_since(ticket)
         dropped = [v for v in self._videos if v in self._elsewhere]
         for video_id in dropped:
             del self._videos[video_id]
@@ -254,7 +274,7 @@ class TableSink:
             self.committed_elsewhere += len(dropped)
             log.info("%d video(s) were committed by another writer meanwhile; not written again", len(dropped))
         if not self._videos:
-            return
+            return []
         key = layout.new_part_key(self._videos, self.lease.token)
         buffered: dict[str, list[dict[str, Any]]] = {}
         for rows in self._videos.values():
@@ -286,6 +306,7 @@ class TableSink:
         self.videos_committed += len(self._videos)
         self._videos.clear()
         self.parts_written += 1
+        return [commit_path]
 
     def _write(self, table: str, key: str, data: pa.Table) -> None:
         path = layout.part_path(self.root, table, self.run_date, key)

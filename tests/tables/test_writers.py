@@ -145,6 +145,40 @@ def test_two_writers_committing_one_video_write_it_once(tmp_path: Path) -> None:
     b.close()
 
 
+def test_a_flush_reads_others_commits_from_the_lock_not_by_listing_the_commit_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    listings: list[str] = []
+    real_list_parts = layout.list_parts
+    monkeypatch.setattr(layout, "list_parts", lambda fs, root, table: listings.append(table) or real_list_parts(fs, root, table))
+    a = TableSink(str(out), run_date=DAY, writer_id="run-a").start()
+    b = TableSink(str(out), run_date=DAY, writer_id="run-b").start()
+    for vid in ("v1", "v2"):  # two parts
+        b.add_video(vid, _rows(vid, "run-b"))
+        b.flush()
+    listings.clear()
+    a.add_video("v1", _rows("v1", "run-a"))
+    a.add_video("v3", _rows("v3", "run-a"))
+    a.flush()
+    assert listings == []  # the two generations in between named b's commit records
+    assert (a.committed_elsewhere, a.videos_committed) == (1, 1)
+
+    # A generation that does not say what it committed (a writer that failed, or an older version): the
+    # next flush lists the commit table instead, and still writes nothing twice.
+    b.add_video("v4", _rows("v4", "run-b"))
+    real_release = b.lock.release
+    monkeypatch.setattr(b.lock, "release", lambda ticket, committed=None: real_release(ticket, None))
+    b.flush()
+    a.add_video("v4", _rows("v4", "run-a"))
+    a.flush()
+    assert listings == ["videos"]
+    assert (a.committed_elsewhere, a.videos_committed) == (2, 1)
+    assert Counter(r["video_id"] for r in _table(out, "videos")) == {"v1": 1, "v2": 1, "v3": 1, "v4": 1}
+    a.close()
+    b.close()
+
+
 def test_a_writer_that_lost_its_lease_commits_nothing(tmp_path: Path) -> None:
     out = tmp_path / "out"
     a = TableSink(str(out), run_date=DAY, writer_id="run-a", lease_ttl_s=1.0)
