@@ -51,13 +51,14 @@ def log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
-def sample_spec(stage: str, rng: np.random.Generator, max_frames: int) -> tuple[int, bool, str]:
-    """(n_frames, single_big, task) of one training sample."""
+def sample_spec(stage: str, rng: np.random.Generator, max_frames: int, single_share: float = 0.2
+                ) -> tuple[int, bool, str]:
+    """(n_frames, single_big, task) of one training sample; `max_frames` may be ramped (--frames-ramp)."""
     if stage == "A":
         return 1, True, str(rng.choice(["count", "point"]))
     if stage == "B":
         return 1, rng.random() < 0.1, str(rng.choice(["count", "point"]))
-    n = 1 if rng.random() < 0.2 else int(rng.integers(2, max_frames + 1))
+    n = 1 if rng.random() < single_share or max_frames < 2 else int(rng.integers(2, max_frames + 1))
     if stage == "C":
         task = str(rng.choice(["count", "point", "caption"], p=[0.45, 0.45, 0.10]))
     else:
@@ -78,9 +79,10 @@ def ease_at(stage: str, steps_in_stage: int, args: Any) -> float:
     return 0.0
 
 
-def make_sample(seed: int, stage: str, size: int, max_frames: int, ease: float = 0.0) -> tuple[np.ndarray, dict, str, str]:
+def make_sample(seed: int, stage: str, size: int, max_frames: int, ease: float = 0.0, single_share: float = 0.2
+                ) -> tuple[np.ndarray, dict, str, str]:
     rng = np.random.default_rng(seed)
-    n, big, task = sample_spec(stage, rng, max_frames)
+    n, big, task = sample_spec(stage, rng, max_frames, single_share)
     span = 1.0 if ease <= 0 else 0.06 + 0.94 * (1.0 - ease)  # hue span: red-ish (6% of the circle) when easy
     plain = bool(rng.random() < ease)
     world, times = ev.make_clip_world(seed, n, single_big=big, hue_span=span, plain=plain)
@@ -238,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage", default=None, help="force the starting stage (fresh runs only)")
     ap.add_argument("--resume-stage", default=None, help="on resume, switch to this stage (e.g. back to B for more single-frame steps)")
     ap.add_argument("--until", default="", help="override stage caps as fractions of --max-hours, e.g. B=0.45,C=0.72")
+    ap.add_argument("--single-share", type=float, default=0.2, help="share of single-frame samples in stages C and D")
+    ap.add_argument("--frames-ramp", type=int, default=0,
+                    help="video-stage steps over which clips grow from 2 frames to --max-frames (0: at once)")
     ap.add_argument("--text-hidden", type=int, default=256)
     ap.add_argument("--text-layers", type=int, default=4)
     ap.add_argument("--vision-hidden", type=int, default=96)
@@ -318,7 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [args.seed * 1_000_000_007 % 10**9 + step * 64 + i for i in range(args.batch if stage in "AB" else args.video_batch)]
         t0 = time.monotonic()
         span = ease_at(stage, step - state["stage_start"], args)
-        samples = [make_sample(s, stage, size, args.max_frames, span) for s in seeds]
+        # Clips grow from 2 frames to --max-frames over --frames-ramp steps of the video stages (a model that
+        # points on single frames loses it when thrown 8 frames at once: toy/NOTES.md).
+        in_video = max(0, state["step"] - state["stage_start"]) if stage in "CD" else 0
+        frames = args.max_frames if args.frames_ramp <= 0 else min(
+            args.max_frames, 2 + (args.max_frames - 2) * in_video // args.frames_ramp)
+        samples = [make_sample(s, stage, size, frames, span, args.single_share) for s in seeds]
         enc = batcher(samples)
         t1 = time.monotonic()
         for g in opt.param_groups:
