@@ -183,10 +183,16 @@ class ListingTally:
 
 
 def new_tally(*, limit: int | None = None, decisions: bool = True) -> Any:
-    """A ListingTally actor (no CPU) for one run; `decisions`: the graph has a `skip_done` step."""
-    import ray
+    """A ListingTally actor (no CPU) for one run; `decisions`: the graph has a `skip_done` step.
 
-    return ray.remote(num_cpus=0)(ListingTally).remote(limit=limit, decisions=decisions)
+    Pinned to the driver's node: placed anywhere, losing that node mid-run would lose the listing's counts
+    and fail the run (seen in tests/run/test_multinode.py); the driver's node going down ends the run anyway.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(num_cpus=0)(ListingTally).options(scheduling_strategy=here).remote(limit=limit, decisions=decisions)
 
 
 def listing_counts(tally: Any, *, wait_s: float = 0.0) -> ListingCounts:
