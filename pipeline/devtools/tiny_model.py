@@ -222,23 +222,45 @@ def image_overlap_margin(frame_size: int) -> int:
     return max(0, min(margin, (patches - 1) // 2))
 
 
-def build_tokenizer() -> Any:
-    """A small byte-level BPE tokenizer trained offline, wrapped as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+# Qwen2/Qwen3 pre-tokenizer: every digit is its own pre-token (as in the real Molmo2 tokenizer).
+QWEN_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def build_tokenizer(
+    corpus: list[str] | None = None,
+    *,
+    vocab_size: int = BPE_VOCAB_SIZE,
+    split_digits: bool = False,
+    model_max_length: int = MAX_POSITION_EMBEDDINGS,
+) -> Any:
+    """A small byte-level BPE tokenizer trained offline on `corpus` (default: this module's), wrapped as a
+    transformers fast tokenizer with Molmo2's special tokens and chat template. `split_digits`: Qwen's
+    pre-tokenizer, every digit its own pre-token (the toy model's, pipeline.devtools.toy_build)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_digits:
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=BPE_VOCAB_SIZE,
+        vocab_size=vocab_size,
         min_frequency=2,
         special_tokens=list(BASE_SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(_corpus() if corpus is None else corpus, trainer=trainer)
     base_vocab = tok.get_vocab_size()
     tok.add_special_tokens(list(EXTRA_TOKENS))
     for k, token in enumerate(EXTRA_TOKENS):
@@ -252,7 +274,7 @@ def build_tokenizer() -> Any:
         pad_token=PAD_TOKEN,
         unk_token=None,
         extra_special_tokens={"image_token": "<|image|>", "video_token": "<|video|>"},
-        model_max_length=MAX_POSITION_EMBEDDINGS,
+        model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,
     )
     fast.chat_template = CHAT_TEMPLATE
@@ -391,7 +413,17 @@ def _init_weights(model: Any, processor: Any, frame_size: int, seed: int) -> Non
             proj.mul_(VIDEO_FEATURE_NORM / norm)
 
 
-def _build_processor(tokenizer: Any, frame_size: int) -> Any:
+def build_processor(
+    tokenizer: Any,
+    frame_size: int,
+    *,
+    num_frames: int = NUM_FRAMES,
+    max_fps: float = MAX_FPS,
+    video_pooling: tuple[int, int] = VIDEO_POOLING,
+) -> Any:
+    """Molmo2's processor (image, video, tokenizer, chat template) for square `frame_size` frames; the video
+    processor declares `num_frames` at most `max_fps` per second (what the pipeline reads as its defaults)
+    and pools `video_pooling` patches into one token."""
     from transformers import Molmo2ImageProcessor, Molmo2Processor, Molmo2VideoProcessor
     from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, PILImageResampling
 
@@ -418,9 +450,9 @@ def _build_processor(tokenizer: Any, frame_size: int) -> Any:
     video_processor = Molmo2VideoProcessor(
         size=size,
         patch_size=PATCH_SIZE,
-        pooling_size=list(VIDEO_POOLING),
-        num_frames=NUM_FRAMES,
-        max_fps=MAX_FPS,
+        pooling_size=list(video_pooling),
+        num_frames=num_frames,
+        max_fps=max_fps,
         do_sample_frames=True,
         **norm,
     )
@@ -482,7 +514,7 @@ def build_tiny_molmo2(
     }
     if max(special.values()) >= base_vocab:
         raise RuntimeError("bos/eos/pad must lie inside the output layer's rows")
-    processor = _build_processor(tokenizer, frame_size)
+    processor = build_processor(tokenizer, frame_size)
     config = _build_config(frame_size, base_vocab, token_ids)
 
     torch.manual_seed(seed)

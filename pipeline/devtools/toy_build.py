@@ -1,8 +1,9 @@
 """Build the initial (untrained) toy Molmo2 checkpoint: real transformers Molmo2 classes, processor and
 chat template, a small offline byte-level BPE with Qwen-style digit splitting, and a small declared geometry.
 
-Built like the project's random tiny model (pipeline/devtools/tiny_model.py), with its own tokenizer, geometry
-and initialisation for training (see toy/NOTES.md for why each choice).
+Built with the random tiny model's pieces (pipeline/devtools/tiny_model.py: special tokens, chat template,
+tokenizer and processor builders), with its own tokenizer text, geometry and initialisation for training
+(see toy/NOTES.md for why each choice).
 
 Geometry declared by the checkpoint (read it from the processor / config, do not assume 378 px):
     video_processor.size = 252 x 252, patch_size 14, pooling_size [2, 2] -> 9 x 9 = 81 tokens a frame
@@ -24,69 +25,25 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.devtools.tiny_model import (
+    BOS_TOKEN,
+    EOS_TOKEN,
+    EXTRA_TOKENS,
+    PAD_TOKEN,
+    PATCH_SIZE,
+)
+from pipeline.devtools.tiny_model import build_processor as build_molmo2_processor
+from pipeline.devtools.tiny_model import build_tokenizer as build_molmo2_tokenizer
+
 FRAME_SIZE = 252
-PATCH_SIZE = 14
 VIDEO_POOLING = (2, 2)
-IMAGE_POOLING = (2, 2)
 NUM_FRAMES = 8
 MAX_FPS = 2
 MAX_POSITION_EMBEDDINGS = 4096
 METADATA_FILE = "molmo_toy.json"
 
-EXTRA_TOKENS = (
-    "<im_start>",
-    "<im_end>",
-    "<im_patch>",
-    "<im_col>",
-    "<low_res_im_start>",
-    "<|image|>",
-    "<im_low>",
-    "<frame_start>",
-    "<frame_end>",
-    "<|video|>",
-)
-PAD_TOKEN = "<|endoftext|>"
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
-BASE_SPECIAL_TOKENS = (PAD_TOKEN, IM_START, IM_END)
-BOS_TOKEN = IM_END
-EOS_TOKEN = IM_END
 BPE_VOCAB_SIZE = 624
 QK_NORM_SCALE = 1.5
-
-# Qwen2/Qwen3 pre-tokenizer: every digit is its own pre-token (as in the real Molmo2 tokenizer).
-QWEN_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-
-CHAT_TEMPLATE = (
-    "{%- set media = namespace(images=0, videos=0) -%}"
-    "{%- for message in messages -%}{%- if message['content'] is not string -%}"
-    "{%- for c in message['content'] -%}"
-    "{%- if c['type'] == 'image' or 'image' in c or 'image_url' in c -%}"
-    "{%- set media.images = media.images + 1 -%}"
-    "{%- elif c['type'] == 'video' or 'video' in c or 'video_url' in c -%}"
-    "{%- set media.videos = media.videos + 1 -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}{%- endfor -%}"
-    "{%- if media.images == 1 -%}{{ '<|image|>' }}"
-    "{%- elif media.images > 1 -%}{%- for i in range(media.images) -%}{{ 'Image ' ~ (i + 1) ~ '<|image|>' }}"
-    "{%- endfor -%}{%- endif -%}"
-    "{%- for _ in range(media.videos) -%}{{ '<|video|>' }}{%- endfor -%}"
-    "{%- for message in messages -%}"
-    "{%- set role = message['role'].lower() -%}"
-    "{%- if (loop.index0 % 2 == 0 and role != 'user') or (loop.index0 % 2 == 1 and role != 'assistant') -%}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
-    "{%- endif -%}"
-    "{%- if message['content'] is string -%}{%- set text = message['content'] -%}"
-    "{%- else -%}{%- set m = namespace(text='') -%}"
-    "{%- for c in message['content'] -%}{%- if c['type'] == 'text' -%}"
-    "{%- set m.text = m.text ~ ('' if not m.text else ' ') ~ c['text'] -%}"
-    "{%- endif -%}{%- endfor -%}{%- set text = m.text -%}{%- endif -%}"
-    "{{ '<|im_start|>' ~ role ~ '\\n' ~ text ~ '<|im_end|>\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
-)
 
 _CORPUS = [
     "Describe this video in detail. What happens in the video? Count the objects and point to each one.",
@@ -120,43 +77,10 @@ def corpus() -> list[str]:
 
 
 def build_tokenizer() -> Any:
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=BPE_VOCAB_SIZE,
-        min_frequency=2,
-        special_tokens=list(BASE_SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus(), trainer=trainer)
-    base_vocab = tok.get_vocab_size()
-    tok.add_special_tokens(list(EXTRA_TOKENS))
-    for k, token in enumerate(EXTRA_TOKENS):
-        if tok.token_to_id(token) != base_vocab + k:
-            raise RuntimeError(f"extra token {token} did not land at id {base_vocab + k}")
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        pad_token=PAD_TOKEN,
-        unk_token=None,
-        extra_special_tokens={"image_token": "<|image|>", "video_token": "<|video|>"},
-        model_max_length=MAX_POSITION_EMBEDDINGS,
-        clean_up_tokenization_spaces=False,
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
+    """The random tiny model's tokenizer (special tokens, chat template), trained on toy-world text with Qwen's
+    digit splitting."""
+    return build_molmo2_tokenizer(corpus(), vocab_size=BPE_VOCAB_SIZE, split_digits=True,
+                                  model_max_length=MAX_POSITION_EMBEDDINGS)
 
 
 def build_config(args: Any, base_vocab: int, token_ids: dict[str, int]) -> Any:
@@ -211,40 +135,9 @@ def build_config(args: Any, base_vocab: int, token_ids: dict[str, int]) -> Any:
     )
 
 
-def image_overlap_margin(frame_size: int) -> int:
-    patches = frame_size // PATCH_SIZE
-    margin = round(4 * patches / 27)
-    return max(0, min(margin, (patches - 1) // 2))
-
-
 def build_processor(tokenizer: Any) -> Any:
-    from transformers import Molmo2ImageProcessor, Molmo2Processor, Molmo2VideoProcessor
-    from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, PILImageResampling
-
-    size = {"height": FRAME_SIZE, "width": FRAME_SIZE}
-    norm: dict[str, Any] = {
-        "do_resize": True,
-        "resample": PILImageResampling.BILINEAR,
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": list(IMAGENET_STANDARD_MEAN),
-        "image_std": list(IMAGENET_STANDARD_STD),
-        "do_convert_rgb": True,
-    }
-    margin = image_overlap_margin(FRAME_SIZE)
-    image_processor = Molmo2ImageProcessor(
-        size=size, patch_size=PATCH_SIZE, pooling_size=list(IMAGE_POOLING), max_crops=8,
-        overlap_margins=[margin, margin], **norm,
-    )
-    video_processor = Molmo2VideoProcessor(
-        size=size, patch_size=PATCH_SIZE, pooling_size=list(VIDEO_POOLING), num_frames=NUM_FRAMES,
-        max_fps=MAX_FPS, do_sample_frames=True, **norm,
-    )
-    return Molmo2Processor(
-        image_processor=image_processor, video_processor=video_processor, tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
-    )
+    return build_molmo2_processor(tokenizer, FRAME_SIZE, num_frames=NUM_FRAMES, max_fps=MAX_FPS,
+                                  video_pooling=VIDEO_POOLING)
 
 
 def sincos_2d(n_side: int, dim: int, temperature: float = 100.0) -> np.ndarray:

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.video.sampling import FrameSampler
+
 QUESTIONS = {
     "count": "How many people are there?",
     "point": "Point to the person.",
@@ -643,13 +645,6 @@ def decode_frames(path: str, times: Times, size: int) -> tuple[np.ndarray, np.nd
 
 
 def native_sample_times(n_frames: int, fps: float, num_frames: int, max_fps: float | None) -> np.ndarray:
-    """Frame indices Molmo2VideoProcessor.sample_frames would pick (as the pipeline's 'native' sampler)."""
-    duration = n_frames / fps if fps > 0 else float(n_frames)
-    target = num_frames
-    if max_fps is not None and fps > max_fps:
-        target = min(target, int(duration * max_fps))
-    target = max(min(target, n_frames), 1)
-    step = n_frames / target
-    count = math.ceil(n_frames / step)
-    idx = sorted(set(int(np.float32(i * step)) for i in range(count)))
-    return np.asarray([i for i in idx if i < n_frames], dtype=int)
+    """Frame indices Molmo2VideoProcessor.sample_frames would pick: the pipeline's 'native' sampler."""
+    sampler = FrameSampler("native", num_frames, max_fps)
+    return np.asarray(sampler.sample([i / fps if fps > 0 else float(i) for i in range(n_frames)], fps), dtype=int)
