@@ -46,7 +46,7 @@ from pipeline.source.stream import (
     watch_listing,
 )
 from pipeline.tables import layout
-from pipeline.tables.done_index import DoneGeneration, DoneLookup, compact, latest_generation, uncovered_parts
+from pipeline.tables.done_index import DoneGeneration, DoneLookup, compact
 from pipeline.tables.layout import ConditionalWriteUnsupported
 from pipeline.tables.leases import LeaseError, read_leases
 from pipeline.tables.schemas import COMMIT_TABLE
@@ -168,21 +168,19 @@ class RunDriver:
     def _index_before_start(self, sink: TableSink) -> DoneGeneration | None:
         """The output's done index, compacted first when more commit parts than --done-index-parts are
         uncovered (a first run over a big output made before the index, or many runs without one), so the
-        driver never reads more than that many parts; the sink skips the parts it covers."""
-        config = self.config
-        generation = latest_generation(sink.fs, sink.root, self.storage_retry)
-        parts = retry_call(lambda: layout.list_parts(sink.fs, sink.root, COMMIT_TABLE), "list the commit records",
-                           self.storage_retry)
-        if len(uncovered_parts(parts, generation)) > config.output.done_index_parts:
-            generation = self._compact(sink)
+        driver never reads more than that many parts; the sink skips the parts it covers. The commit parts
+        are listed once, by the sink, for this decision and its start."""
+        parts = sink.list_commits()
+        generation = self._compact(sink, parts=parts, min_parts=self.config.output.done_index_parts + 1)
         if generation is not None:
             sink.skip_indexed(generation.covers)
         return generation
 
-    def _compact(self, sink: TableSink) -> DoneGeneration | None:
+    def _compact(self, sink: TableSink, *, min_parts: int, parts: dict[str, str] | None = None) -> DoneGeneration | None:
+        """The done index, compacted when at least `min_parts` commit parts are uncovered (`parts`: listed already)."""
         return compact(sink.fs, sink.root, output=self.config.output.output,
                        endpoint_url=self.config.source.s3_endpoint_url, commit_table=COMMIT_TABLE,
-                       retry=self.storage_retry, echo=self.echo)
+                       retry=self.storage_retry, echo=self.echo, parts=parts, min_parts=min_parts)
 
     def done_lookup(self, sink: TableSink, generation: DoneGeneration | None = None) -> DoneLookup:
         """What the done step needs: the done index's files and the rows of the commit parts it does not
@@ -405,10 +403,7 @@ class RunDriver:
         uncovered, so the next run reads few parts at start. The tables are written already: a failure
         here is a warning (the next run compacts)."""
         try:
-            generation = latest_generation(sink.fs, sink.root, self.storage_retry)
-            parts = layout.list_parts(sink.fs, sink.root, COMMIT_TABLE)
-            if len(uncovered_parts(parts, generation)) >= self.config.output.done_index_parts:
-                self._compact(sink)
+            self._compact(sink, min_parts=self.config.output.done_index_parts)
         except Exception as exc:
             self.echo(f"warning: could not compact the done index ({type(exc).__name__}: {redact(exc)}); the next "
                       "run does")

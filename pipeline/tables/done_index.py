@@ -279,15 +279,20 @@ def compact(
     retry: RetryPolicy = DEFAULT_POLICY,
     rows_per_file: int = ROWS_PER_FILE,
     echo: Callable[[str], None] | None = None,
+    parts: Mapping[str, str] | None = None,
+    min_parts: int = 1,
 ) -> DoneGeneration | None:
-    """Publish a new generation holding the last one and every commit part it does not cover (Ray must be
-    up). Returns the newest generation (another writer's, when it published the same number first)."""
+    """Publish a new generation holding the last one and every commit part it does not cover, when at least
+    `min_parts` are uncovered (Ray must be up). `parts`: the commit parts (path -> key) when the caller has
+    just listed them. Returns the newest generation (another writer's, when it published the same number
+    first; the last one when nothing was compacted)."""
     import ray
 
     previous = latest_generation(fs, root, retry)
-    parts = retry_call(lambda: layout.list_parts(fs, root, commit_table), f"list {root}/{commit_table}", retry)
+    if parts is None:
+        parts = retry_call(lambda: layout.list_parts(fs, root, commit_table), f"list {root}/{commit_table}", retry)
     new = uncovered_parts(parts, previous)
-    if not new:
+    if not new or len(new) < min_parts:
         return previous
     number = (previous.number if previous else 0) + 1
     folder = f"{index_folder(root)}/gen-{number:08d}-{uuid.uuid4().hex[:8]}"

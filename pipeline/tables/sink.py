@@ -113,6 +113,7 @@ class TableSink:
         self._snapshot_taken = False
         self._indexed: frozenset[str] = frozenset()
         self._lock_seen = 0  # the newest commit-lock generation whose commit this writer has read
+        self._start_listing: dict[str, str] | None = None  # the commit records at start (`list_commits`)
         self.parts_written = 0
         self.videos_committed = 0
         self.committed_elsewhere = 0  # buffered videos dropped: another writer committed them meanwhile
@@ -126,11 +127,19 @@ class TableSink:
         if not self.lease.held:
             _retry(self.lease.acquire, f"take the writer lease on {self.output}", self.retry)
         if not self._snapshot_taken:
-            # The lock generation first: a commit settled after it is read at the next flush.
-            self._lock_seen = _retry(self.lock.settled_generation, f"read the commit lock of {self.output}", self.retry)
-            self._read_commits()
+            self._read_commit_files([p for p in self.list_commits() if p not in self._commits])
             self._snapshot_taken = True
         return self
+
+    def list_commits(self) -> dict[str, str]:
+        """The commit records (path -> key) as of this writer's start, listed once: what `start()` reads and
+        what a caller may look at first (e.g. to decide on the done index). The commit lock's settled
+        generation is noted before the listing, so a commit that lands after it is read at the next flush."""
+        if self._start_listing is None:
+            self._lock_seen = _retry(self.lock.settled_generation, f"read the commit lock of {self.output}", self.retry)
+            self.fs.invalidate_cache()
+            self._start_listing = self._parts(self.commit_table)
+        return self._start_listing
 
     def close(self) -> None:
         """Give the lease back (call after the last flush; uncommitted buffered rows are dropped)."""
