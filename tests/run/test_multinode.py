@@ -316,29 +316,30 @@ def test_placement_by_resources_and_a_gpu_node_lost_mid_run(
             return [a for a in nodes.state("actors", state="ALIVE") if "Molmo2Host" in a.class_name]
 
         run.wait_for(lambda: len(model_actors()) == 2, "two model actors")
-        # Placement, from Ray's state: one model actor on each GPU node, each asking for one GPU ...
+        # Hold the second GPU node's next model call at once: waiting for a commit first let a fast run finish
+        # all its videos before the hold. The held call keeps the run going while the first GPU node commits.
         actors = model_actors()
-        assert sorted(a.node_id for a in actors) == sorted([g1.node_id, g2.node_id]), actors
-        for a in actors:
-            assert a.required_resources.get("GPU") == 1.0, a.required_resources
-            # ... and running on the device picked from what Ray gave it: GPU id 0, which torch cannot see.
-            log_text = "".join(get_log(address=nodes.address, actor_id=a.actor_id, suffix="out", timeout=30))
-            line = re.search(r"molmo-batch placement: (.*)", log_text)
-            assert line, log_text
-            assert f"node={a.node_id}" in line.group(1)
-            assert "device=cpu" in line.group(1) and "ray_gpu_ids=['0']" in line.group(1)
-            assert "CUDA_VISIBLE_DEVICES=0" in line.group(1)
-
         g2_pid = str(next(a.pid for a in actors if a.node_id == g2.node_id))
         held, hold = events / "infer-call.held", events / f"infer-call.hold-{g2_pid}"
-
-        run.wait_for(lambda: _committed_parts(out) > 0, "the first committed part")
         hold.parent.mkdir(parents=True, exist_ok=True)
-        hold.touch()  # the second GPU node's next model call stays in flight ...
+        hold.touch()
         try:
+            # Placement, from Ray's state: one model actor on each GPU node, each asking for one GPU ...
+            assert sorted(a.node_id for a in actors) == sorted([g1.node_id, g2.node_id]), actors
+            for a in actors:
+                assert a.required_resources.get("GPU") == 1.0, a.required_resources
+                # ... and running on the device picked from what Ray gave it: GPU id 0, which torch cannot see.
+                log_text = "".join(get_log(address=nodes.address, actor_id=a.actor_id, suffix="out", timeout=30))
+                line = re.search(r"molmo-batch placement: (.*)", log_text)
+                assert line, log_text
+                assert f"node={a.node_id}" in line.group(1)
+                assert "device=cpu" in line.group(1) and "ray_gpu_ids=['0']" in line.group(1)
+                assert "CUDA_VISIBLE_DEVICES=0" in line.group(1)
+
             run.wait_for(lambda: held.exists() and g2_pid in held.read_text().split(),
                          "a model call held in flight on the second GPU node")
-            nodes.cluster.remove_node(g2)  # ... until its node is gone
+            run.wait_for(lambda: _committed_parts(out) > 0, "the first committed part")
+            nodes.cluster.remove_node(g2)  # the held call stays in flight until its node is gone
             nodes.gpu.remove(g2)
         finally:
             hold.unlink()
