@@ -15,7 +15,7 @@ inside real Ray workers (which is where the code under test runs):
 - `MOLMO_BATCH_TEST_DECODE_CRASH_ON=SUBSTRING`: a decode task kills its process whenever it is about to
   decode a video whose URI contains SUBSTRING (a poison file: it must end as a `DecoderCrashed` row).
 - `MOLMO_BATCH_TEST_EVENTS=DIR`: components append their process id to `DIR/<event>` when they reach a
-  point a test waits for (`window-decoded`, `infer-call`, `flush-data-written`, `flush-committed`). While a file
+  point a test waits for (`window-decoded`, `model-load`, `infer-call`, `flush-data-written`, `flush-committed`). While a file
   `DIR/<event>.hold-<pid>` exists, process <pid> stops at that event (after appending its id to
   `DIR/<event>.held`) until the test removes the file, at most `HOLD_LIMIT_S`; `DIR/<event>.hold`
   stops any process there. A test can keep a model call in flight, or the driver between two parts,

@@ -49,6 +49,7 @@ class Molmo2Host:
 
     def __init__(self, settings: HostSettings) -> None:
         self.settings = settings
+        faults.event("model-load", settings.test_hooks)
         self.engine = Molmo2Engine(settings)
 
     @property

@@ -28,7 +28,7 @@ from pipeline.results.collect import VideoCollector, clean_row, video_tables
 from pipeline.results.tasks import Task
 from pipeline.results.work import DoneQuery, work_keys
 from pipeline.run import settings
-from pipeline.run.graph import build_dataset
+from pipeline.run.graph import StreamStop, build_dataset
 from pipeline.run.preflight import no_videos_message, preflight
 from pipeline.run.record import now_utc, runs_row, write_runs_row
 from pipeline.run.resources import ClusterInfo, unmet_needs
@@ -282,7 +282,14 @@ class RunDriver:
         ds = build_dataset(self.refs, decode_settings, host_settings, plan, stall_timeout_s=config.ray.stall_timeout_s)
         collector = VideoCollector(num_tasks=len(tasks))
         progress = RunProgress(config.ray.progress, 0, num_tasks=len(tasks))  # the total comes with the listing
-        listing = watch_listing(self.tally, lambda counts: self._listing_complete(counts, progress))
+        stream_stop = StreamStop(ds)
+
+        def listing_complete(counts: ListingCounts) -> None:
+            self._listing_complete(counts, progress)
+            if counts.to_process == 0:  # no row can come: end the stream now, not after the model actors start
+                stream_stop.stop()
+
+        listing = watch_listing(self.tally, listing_complete)
         call_latencies: set[float] = set()  # one value per model call (see observe.metrics.generate_seconds)
         taken: dict[str, set[tuple[Any, ...]]] = defaultdict(set)  # rows already taken, per unfinished video
         finished_ids: set[str] = set()

@@ -21,7 +21,10 @@ balance that would leave GPUs idle.
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Any
+
+from ray.data._internal.execution.execution_callback import ExecutionCallback
 
 from pipeline.model.engine import HostSettings
 from pipeline.model.host import Molmo2Host
@@ -88,6 +91,64 @@ def build_dataset(
     if stall_timeout_s:
         ds.context.execution_no_progress_timeout_s = stall_timeout_s  # this Dataset only, not the process
     return ds
+
+
+class StreamStop:
+    """Ends a Dataset's execution from another thread: its iteration then stops as if the stream had ended.
+
+    Why: once the listing is complete with nothing to process, no row can come, but Ray Data still waits
+    for every stage to finish, the model actors' start included (seconds to minutes for an 8B checkpoint
+    on a fresh node) before the stream ends. The driver's listing watch calls `stop()` then.
+
+    Ray Data offers no public way to end an execution from outside its iterator; its execution callbacks
+    (`DataContext.custom_execution_callback_classes`, instantiated without arguments) are handed the
+    executor when it starts, and the executor's `shutdown(force=True)` ends its loop, kills its actors
+    (pending ones too) and marks the output finished. The callback finds its StreamStop by the dataset's id
+    (`get_dataset_id()` less the execution index the executor adds). Checked against Ray 2.60 (the pin in
+    pyproject) by tests/run/test_work_identity.py.
+    """
+
+    def __init__(self, ds: Any) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._executor: Any = None
+        self.stopped = False
+        self.key = _dataset_key(ds.get_dataset_id())
+        _STREAM_STOPS[self.key] = self
+        if _CaptureExecutor not in ds.context.custom_execution_callback_classes:
+            ds.context.custom_execution_callback_classes = [*ds.context.custom_execution_callback_classes,
+                                                            _CaptureExecutor]
+
+    def started(self, executor: Any) -> None:
+        with self._lock:
+            self._executor = executor
+
+    def stop(self) -> bool:
+        """End the execution now (from any thread but Ray Data's own); False if it has not started."""
+        with self._lock:
+            executor = self._executor
+        if executor is None:
+            return False
+        executor.shutdown(force=True)
+        self.stopped = True
+        return True
+
+
+def _dataset_key(dataset_id: str) -> str:
+    return dataset_id.rsplit("_", 1)[0]  # "<name>_<uuid>_<execution index>": the index grows per execution
+
+
+_STREAM_STOPS: weakref.WeakValueDictionary[str, StreamStop] = weakref.WeakValueDictionary()
+
+
+class _CaptureExecutor(ExecutionCallback):
+    """Hands each starting executor to its dataset's StreamStop (module level: the DataContext is pickled)."""
+
+    def before_execution_starts(self, executor: Any) -> None:
+        stop = _STREAM_STOPS.get(_dataset_key(str(getattr(executor, "_dataset_id", ""))))
+        if stop is not None:
+            stop.started(executor)
 
 
 DECODE_MAX_RETRIES = 3

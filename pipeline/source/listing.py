@@ -30,7 +30,7 @@ from typing import Any
 from fsspec.core import url_to_fs
 
 from pipeline.io.retry import DEFAULT_POLICY, RetryPolicy, StorageUnavailable, retry_call
-from pipeline.io.storage import full_url, storage_options
+from pipeline.io.storage import fast_s3_timestamps, full_url, storage_options
 from pipeline.source import manifest, shards
 from pipeline.source.refs import SourceError, VideoRef, error_ref, make_video_id, object_version
 
@@ -110,6 +110,8 @@ class Lister:
     def fs(self) -> Any:
         if self._fs is None:
             self._fs, self._root = _uncached_fs(self.url, self.endpoint_url)
+            if self.is_s3:
+                fast_s3_timestamps(self._fs)  # most of a listed key's CPU was botocore's date parsing
         return self._fs
 
     @property

@@ -13,7 +13,7 @@ again (new expiry, new signature) keeps its id and a rerun skips it.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from pipeline.errors import MolmoBatchError
@@ -40,7 +40,11 @@ class VideoRef:
     task_ids: tuple[int, ...] = ()  # the run's tasks still to do for this video (empty: all of them)
 
     def as_row(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: its recursive copy was 8 of a listed object's ~26 us of listing CPU.
+        return {name: getattr(self, name) for name in _REF_FIELDS}
+
+
+_REF_FIELDS = tuple(f.name for f in fields(VideoRef))
 
 
 def make_video_id(uri: str, version: str) -> str:

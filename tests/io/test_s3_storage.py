@@ -17,10 +17,11 @@ import pytest
 
 from jobs.retail_tables import RETAIL_COMMIT_TABLE, RETAIL_TABLES
 from pipeline.devtools.seaweed import HOST, PORT_FLAGS, SeaweedServer
-from pipeline.io.storage import get_fs
+from pipeline.io import storage
+from pipeline.io.storage import get_fs, iso_timestamp
 from pipeline.model import store as model_store
 from pipeline.model.store import copy_model_once, resolve_model_path
-from pipeline.source.listing import list_videos
+from pipeline.source.listing import Lister, list_videos
 from pipeline.tables.sink import TableSink
 
 
@@ -81,6 +82,43 @@ def test_list_videos_on_s3_uses_etags_and_sees_changes(seaweed: SeaweedServer, a
     again = {r.uri: r.video_id for r in list_videos(url, include=["*.mp4"], endpoint_url=aws_env)}
     assert again[f"s3://{bucket}/in/a.mp4"] != refs[0].video_id
     assert again[f"s3://{bucket}/in/sub/b.mp4"] == refs[1].video_id
+
+
+@pytest.mark.parametrize("value", [
+    "2026-11-30T12:00:01.000Z", "2026-11-30T12:00:01Z", "2026-11-30T12:00:01.123456Z", "2026-11-30T23:59:59+02:00",
+    "2026-11-30T12:00:01", "Mon, 30 Nov 2026 12:00:01 GMT", "1732968001",
+])
+def test_iso_timestamp_gives_botocores_values(value: str) -> None:
+    from botocore.parsers import DEFAULT_TIMESTAMP_PARSER
+
+    assert iso_timestamp(value) == DEFAULT_TIMESTAMP_PARSER(value)
+    assert iso_timestamp(value).timestamp() == DEFAULT_TIMESTAMP_PARSER(value).timestamp()
+
+
+def test_the_listing_parses_timestamps_its_own_way_with_the_same_answers(
+    seaweed: SeaweedServer, aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fsspec.asyn import sync
+    from fsspec.core import url_to_fs
+
+    bucket = seaweed.make_bucket()
+    fs = seaweed.filesystem()
+    for name in ("a", "b", "c"):
+        fs.pipe_file(f"{bucket}/in/{name}.mp4", name.encode() * 10)
+    parsed: list[str] = []
+
+    def counting(value: str) -> Any:
+        parsed.append(value)
+        return iso_timestamp(value)
+
+    monkeypatch.setattr(storage, "iso_timestamp", counting)
+    lister = Lister(f"s3://{bucket}/in", aws_env)
+    fast = lister._s3_page(lister.root, None, "/")["Contents"]
+    assert len(parsed) == 3  # the listing's own parser read the 3 keys' LastModified ...
+    plain, _ = url_to_fs(f"s3://{bucket}/in", endpoint_url=aws_env, use_listings_cache=False, skip_instance_cache=True)
+    slow = sync(plain.loop, plain._call_s3, "list_objects_v2", Bucket=bucket, Prefix="in/", Delimiter="/")["Contents"]
+    assert len(parsed) == 3  # ... and only the listing's: another filesystem keeps botocore's
+    assert fast == slow  # the same answers, timestamps included
 
 
 def test_table_sink_parts_on_s3(seaweed: SeaweedServer, aws_env: str) -> None:

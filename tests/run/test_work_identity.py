@@ -3,6 +3,7 @@ corpus processes only the new pairs, decoding each video once; an unchanged reru
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ def _config(videos: Path, model: Path, out: Path, tasks: str, done_index_parts: 
 
 
 def test_new_task_then_new_model_do_only_the_new_pairs(
-    ray_local: None, tiny_model_dir: Path, sample_videos: Path, tmp_path: Path
+    ray_local: None, tiny_model_dir: Path, sample_videos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "tables"
     first = run_pipeline(_config(sample_videos, tiny_model_dir, out, "caption"), echo=lambda _m: None)
@@ -52,7 +53,23 @@ def test_new_task_then_new_model_do_only_the_new_pairs(
     assert any(m.startswith("done index: generation 1, 8 rows") for m in messages), messages
     assert (out / "_done" / "gen-00000001.json").exists()
 
-    same = run_pipeline(_config(sample_videos, tiny_model_dir, out, "caption,count:person"), echo=lambda _m: None)
+    # Unchanged: nothing to do, and the run ends once its listing says so, without waiting for a model actor
+    # to load (every model load is held here; Ray Data alone would wait for it: graph.StreamStop).
+    events = tmp_path / "events"
+    events.mkdir()
+    (events / "model-load.hold").touch()
+    monkeypatch.setenv("MOLMO_BATCH_TEST_EVENTS", str(events))
+    rerun: dict[str, Any] = {}
+    config = _config(sample_videos, tiny_model_dir, out, "caption,count:person")
+    thread = threading.Thread(target=lambda: rerun.update(summary=run_pipeline(config, echo=lambda _m: None)))
+    thread.start()
+    thread.join(timeout=180)
+    waited = thread.is_alive()
+    (events / "model-load.hold").unlink()  # a run still waiting (the failure) goes on and ends
+    thread.join(timeout=120)
+    monkeypatch.delenv("MOLMO_BATCH_TEST_EVENTS")
+    assert not waited, "an all-done rerun waited for a model actor to load"
+    same = rerun["summary"]
     assert (same.videos_listed, same.processed, same.videos_skipped) == (4, 0, 4)  # all read from the index
 
     other_model = build_tiny_molmo2(tmp_path / "other-model", frame_size=112, seed=1)
