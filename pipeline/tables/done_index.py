@@ -16,8 +16,9 @@ of them serially on the driver at each start costs one GET per part and memory p
 - A run reads the newest manifest (one GET) and, on the driver, only the commit parts the index does not
   cover yet (at most `--done-index-parts` of them, else it compacts first). Its done step (a Ray Data step
   of the listing stream, `pipeline.source.stream.skip_done`) looks each batch of listed videos up in the
-  index files whose URI range holds them: a listing streams in key order, so a batch reads one or two
-  files, kept in a small per-process cache (`FILES_CACHED`).
+  index files whose URI range holds them, and in those only the row groups (`ROWS_PER_GROUP` rows, sorted
+  by URI) whose URI statistics overlap the batch: a listing streams in key order, so a batch reads one or
+  two groups (ranged GETs), kept in small per-process caches (`FILES_CACHED`, `GROUPS_CACHED`).
 - Compaction is a Ray Data job (read the last generation's files and the uncovered parts, sort by URI,
   write files): at a run's start when too many parts are uncovered, and at its end so the next run starts
   from a fresh index. Data files and commit records are never changed: the index is derived, and deleting
@@ -55,8 +56,13 @@ from pipeline.tables import layout
 log = logging.getLogger(__name__)
 
 INDEX_FOLDER = "_done"
-ROWS_PER_FILE = 100_000  # ~3-8 MB a file: one GET per file a done step needs
-FILES_CACHED = 4  # index files a worker process keeps (a listing batch needs one or two)
+ROWS_PER_FILE = 100_000  # ~3-8 MB a file
+# A file's rows are sorted by URI and written in row groups of this many: a lookup reads (ranged GETs) and
+# turns into Python rows only the groups whose URI statistics overlap its batch, not the file's 100k rows.
+ROWS_PER_GROUP = 2_000
+FILES_CACHED = 8  # open index files (their footers) a worker process keeps
+GROUPS_CACHED = 64  # row groups a worker process keeps as rows (a listing batch needs one or two)
+READ_BLOCK = 1 << 20  # bytes an index file is read by (a row group is ~100-300 KB)
 KEEP_S = 24 * 3600.0  # how long a superseded generation stays for the runs still reading it
 INDEX_SCHEMA = pa.schema(
     [
@@ -144,7 +150,32 @@ def uncovered_parts(parts: Mapping[str, str], generation: DoneGeneration | None)
 
 # -- lookups (in the done step's worker processes) -------------------------------------------------------
 
-_FILE_CACHE: OrderedDict[str, dict[str, list[DoneRow]]] = OrderedDict()
+_FILE_CACHE: OrderedDict[str, pq.ParquetFile] = OrderedDict()
+_GROUP_CACHE: OrderedDict[tuple[str, int], dict[str, list[DoneRow]]] = OrderedDict()
+
+
+def _cached(cache: OrderedDict[Any, Any], key: Any, make: Callable[[], Any], limit: int) -> Any:
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    value = cache[key] = make()
+    while len(cache) > limit:
+        cache.popitem(last=False)
+    return value
+
+
+def groups_overlapping(metadata: pq.FileMetaData, lo: str, hi: str) -> list[int]:
+    """The row groups whose `uri` statistics overlap [lo, hi] (a group without statistics: always)."""
+    names = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
+    if "uri" not in names:
+        return list(range(metadata.num_row_groups))
+    column = names.index("uri")
+    out = []
+    for g in range(metadata.num_row_groups):
+        stats = metadata.row_group(g).column(column).statistics
+        if stats is None or not stats.has_min_max or (stats.min <= hi and stats.max >= lo):
+            out.append(g)
+    return out
 
 
 def _rows_by_video(table: pa.Table) -> dict[str, list[DoneRow]]:
@@ -199,31 +230,49 @@ class DoneLookup:
                 j -= 1
         return [self.files[j] for j in sorted(wanted)]
 
-    def _file_rows(self, f: IndexFile) -> dict[str, list[DoneRow]]:
-        if f.path in _FILE_CACHE:
-            _FILE_CACHE.move_to_end(f.path)
-            return _FILE_CACHE[f.path]
+    def _open(self, f: IndexFile) -> pq.ParquetFile:
         if self._fs is None:
             self._fs = get_fs(self.output, self.endpoint_url)[0]
+        fs = self._fs
         try:
-            table = retry_call(lambda: _read_parquet(self._fs, f.path, DoneRow._fields), f"read {f.path}", self.retry)
+            return retry_call(lambda: pq.ParquetFile(fs.open(f.path, "rb", block_size=READ_BLOCK)), f"read {f.path}",
+                              self.retry)
         except FileNotFoundError:
             raise DoneIndexError(
                 f"done index generation {self.generation} of {self.output} was removed while this run read it "
                 f"({f.path} is gone: generations are kept {KEEP_S / 3600:g} h after a newer one); rerun the "
                 "same command"
             ) from None
-        rows = _rows_by_video(table)
-        _FILE_CACHE[f.path] = rows
-        while len(_FILE_CACHE) > FILES_CACHED:
-            _FILE_CACHE.popitem(last=False)
+
+    def _group_rows(self, f: IndexFile, group: int) -> dict[str, list[DoneRow]]:
+        def read() -> pa.Table:
+            handle = _cached(_FILE_CACHE, f.path, functools.partial(self._open, f), FILES_CACHED)
+            try:
+                return handle.read_row_group(group, columns=list(DoneRow._fields))
+            except Exception:
+                _FILE_CACHE.pop(f.path, None)  # a broken handle: the retry opens the file again
+                raise
+
+        return _cached(_GROUP_CACHE, (f.path, group),
+                       lambda: _rows_by_video(retry_call(read, f"read {f.path}", self.retry)), GROUPS_CACHED)
+
+    def _rows_for(self, ids: set[str], uris: set[str]) -> list[DoneRow]:
+        if not uris:
+            return []
+        lo, hi = min(uris), max(uris)
+        rows: list[DoneRow] = []
+        for f in self.files_for(uris):
+            handle = _cached(_FILE_CACHE, f.path, functools.partial(self._open, f), FILES_CACHED)
+            for group in groups_overlapping(handle.metadata, lo, hi):
+                by_video = self._group_rows(f, group)
+                rows.extend(r for vid in ids for r in by_video.get(vid, ()))
         return rows
 
     def work_done(self, video_ids: Sequence[str], uris: Sequence[str]) -> tuple[dict[str, set[str]], dict[str, set[str]] | None]:
         """For these videos (and their URIs): the work keys done, and (with --retry-statuses) the work keys
         committed with any status."""
         ids = set(video_ids)
-        rows = [r for f in self.files_for(set(uris)) for vid, rs in self._file_rows(f).items() if vid in ids for r in rs]
+        rows = self._rows_for(ids, set(uris))
         done = work_done(rows, self.query)
         for vid in ids & self.recent_done.keys():
             done.setdefault(vid, set()).update(self.recent_done[vid])
@@ -263,7 +312,7 @@ def _write_file(batch: pa.Table, output: str, endpoint_url: str | None, folder: 
     table = batch.take(pa.array(keep, type=pa.int64())) if len(keep) < batch.num_rows else batch
     name = f"part-{uuid.uuid4().hex}.parquet"
     buf = io.BytesIO()
-    pq.write_table(table, buf)
+    pq.write_table(table, buf, row_group_size=ROWS_PER_GROUP)
     retry_call(lambda: layout.atomic_write(fs, f"{folder}/{name}", buf.getvalue()), f"write {folder}/{name}", retry)
     uris = table.column("uri")
     return pa.table({"name": [name], "first": [uris[0].as_py()], "last": [uris[-1].as_py()], "rows": [table.num_rows]})

@@ -51,6 +51,34 @@ def test_work_done_counts_statuses_and_reads_rows_made_before_work_keys() -> Non
     assert work_done(rows, RETRYING, any_status=True) == work_done(rows, QUERY)
 
 
+def test_a_lookup_reads_only_the_row_groups_its_uris_fall_in(tmp_path: Path) -> None:
+    """An index file of 1,000 rows sorted by URI in groups of 100: a batch of consecutive URIs reads the
+    one or two groups that hold them (not the file), and every batch's answer is what all rows say."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = random.Random(5)
+    uris = sorted(f"s3://b/v/{i:05d}.mp4" for i in range(1000))
+    rows = [{"uri": u, "video_id": f"id{u[-9:-4]}", "status": rng.choice(["ok", "failed"]),
+             "work_keys": rng.choice([["k-caption"], list(KEYS), []]), "tasks": "caption", "model_id": "m"} for u in uris]
+    path = tmp_path / "part-0.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=done_index.INDEX_SCHEMA), path, row_group_size=100)
+    lookup = DoneLookup(output=str(tmp_path), endpoint_url=None, query=QUERY,
+                        files=(IndexFile(str(path), uris[0], uris[-1], len(uris)),))
+    every = work_done([DoneRow(r["video_id"], r["status"], r["work_keys"], r["tasks"], r["model_id"]) for r in rows], QUERY)
+    done_index._FILE_CACHE.clear()
+    done_index._GROUP_CACHE.clear()
+    batch = list(range(230, 290))  # within the third group (200-299)
+    done, _ = lookup.work_done([rows[i]["video_id"] for i in batch], [uris[i] for i in batch])
+    assert done == {rows[i]["video_id"]: every[rows[i]["video_id"]] for i in batch if rows[i]["video_id"] in every}
+    assert list(done_index._GROUP_CACHE) == [(str(path), 2)]
+    for start in range(0, 1000, 70):  # batches straddling groups, and the last one short
+        batch = list(range(start, min(start + 70, 1000)))
+        done, _ = lookup.work_done([rows[i]["video_id"] for i in batch], [uris[i] for i in batch])
+        assert done == {rows[i]["video_id"]: every[rows[i]["video_id"]] for i in batch if rows[i]["video_id"] in every}
+    assert len(done_index._GROUP_CACHE) == 10  # each group read once
+
+
 # -- with Ray: compaction and lookups against the commit parts themselves ----------------------------------
 
 
