@@ -389,8 +389,14 @@ def _describe(f: RunFigures) -> str:
 
 
 def listing_requests_per_1000(f: RunFigures) -> float | None:
-    """LIST + HEAD + GET-range requests until the listing was counted, per 1,000 videos listed."""
+    """LIST + HEAD + GET-range requests until the listing was counted, per 1,000 videos listed.
+
+    A prefix's listing is paced by decode (it streams: a run does not list ahead of its work), so within the
+    timeout it may not be counted yet: then its LIST requests by the end, per 1,000 videos of the prefix (a
+    prefix's other requests are the decode's whole-object GETs)."""
     if f.listed_s is None or not f.listed:
+        if f.form == "prefix" and f.requests_total.get("LIST"):
+            return 1000 * f.requests_total["LIST"] / f.size
         return None
     return 1000 * sum(f.requests_at_listed.get(k, 0) for k in LISTING_KINDS) / f.listed
 
