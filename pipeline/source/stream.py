@@ -51,12 +51,9 @@ LISTING_TASKS = 8  # listing tasks at once: I/O bound, each a fraction of a CPU
 LISTING_CPUS = 0.25
 PLAN_LEVELS = 4 * LISTING_TASKS  # units the driver aims for: enough to keep the listing tasks busy
 MANIFEST_ROWS_PER_TASK = 1000
-# The steps between listing and decode (count, a job's filter, what is done) ask for what the graph's
-# repartition to one video a block asks (Ray's default, 1 CPU), so Ray Data fuses them with it into one task
-# per listing block: one worker process fewer to start on the way to the first window (17.2 s -> 9.9 s to
-# the first window of a 10k prefix, docs/benchmarks.md section 8). They run once per 1,000 videos, for
-# milliseconds, so the CPU they hold is brief.
-STEP_CPUS = 1.0
+# The steps between listing and decode (count, a job's filter, what is done) are light: a quarter CPU
+# each, so they never hold a CPU a decode task could use.
+STEP_CPUS = 0.25
 REJECTED_KEPT = 10_000  # refs a job's filter left out, kept for the driver to report
 
 REF_SCHEMA = pa.schema(
