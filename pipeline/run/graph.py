@@ -113,9 +113,7 @@ class StreamStop:
 
         self._lock = threading.Lock()
         self._executor: Any = None
-        self.stopped = False
-        self.key = _dataset_key(ds.get_dataset_id())
-        _STREAM_STOPS[self.key] = self
+        _STREAM_STOPS[_dataset_key(ds.get_dataset_id())] = self
         if _CaptureExecutor not in ds.context.custom_execution_callback_classes:
             ds.context.custom_execution_callback_classes = [*ds.context.custom_execution_callback_classes,
                                                             _CaptureExecutor]
@@ -131,7 +129,6 @@ class StreamStop:
         if executor is None:
             return False
         executor.shutdown(force=True)
-        self.stopped = True
         return True
 
 
