@@ -45,6 +45,15 @@ HOST = "127.0.0.1"
 REGION = "us-east-1"
 
 
+# Every bucket is a SeaweedFS collection with volumes of its own, and `weed mini` sizes volumes
+# (64 MB-1 GB) and their count from the free disk: on a CI runner with a few GB free that is a few
+# dozen volumes, and a test session that makes a bucket per test ran out ("No writable volumes and no
+# free volumes left", an S3 InternalError on PutObject). Small volumes and a fixed cap make the number
+# of buckets independent of the disk; volumes are sparse files, so the cap reserves no space.
+VOLUME_SIZE_LIMIT_MB = 64
+VOLUME_MAX = 4000
+
+
 # Every listening port `weed mini` opens (besides the disabled WebDAV/Iceberg/Lance/admin UI ones).
 PORT_FLAGS = (
     "s3.port",
@@ -231,6 +240,8 @@ class SeaweedServer:
             "-webdav=false",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
+            f"-master.volumeSizeLimitMB={VOLUME_SIZE_LIMIT_MB}",
+            f"-volume.max={VOLUME_MAX}",
         ]
         args += [f"-{flag}={port}" for flag, port in self.ports.items()]
         if self.identities:

@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from jobs.retail_tables import RETAIL_COMMIT_TABLE, RETAIL_TABLES
-from pipeline.devtools.seaweed import HOST, PORT_FLAGS, SeaweedServer
+from pipeline.devtools.seaweed import HOST, PORT_FLAGS, VOLUME_MAX, VOLUME_SIZE_LIMIT_MB, SeaweedServer
 from pipeline.io import storage
 from pipeline.io.storage import get_fs, iso_timestamp
 from pipeline.model import store as model_store
@@ -63,6 +63,18 @@ def test_server_is_real_authenticated_and_loopback_only(seaweed: SeaweedServer) 
     assert listening and {ip for ip, _ in listening} == {HOST}
     assert {port for _, port in listening} <= set(seaweed.ports.values())
     assert set(seaweed.ports) == set(PORT_FLAGS) and len(set(seaweed.ports.values())) == len(PORT_FLAGS)
+
+
+def test_bucket_capacity_does_not_depend_on_the_free_disk(seaweed: SeaweedServer) -> None:
+    """Each bucket takes volumes of its own; `weed mini` would size their number from the free disk
+    (a few dozen on a small CI runner, fewer than the buckets one test session makes)."""
+    banner = seaweed.log_path.read_text(errors="replace")
+    assert f"Volume Count:     {VOLUME_MAX}" in banner
+    assert f"Volume Size:      {VOLUME_SIZE_LIMIT_MB}.00 MiB" in banner
+    client = seaweed._client()
+    for _ in range(3):  # and new buckets still take writes
+        bucket = seaweed.make_bucket()
+        client.put_object(Bucket=bucket, Key="k", Body=b"x")
 
 
 def test_list_videos_on_s3_uses_etags_and_sees_changes(seaweed: SeaweedServer, aws_env: str) -> None:
