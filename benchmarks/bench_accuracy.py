@@ -6,7 +6,7 @@ fewer tracking clips of 60-180 s, mixed sizes 320x240..1280x720, 10-30 fps, a qu
 landscape with rotation metadata). Then runs the documented CLI, as a user would:
 
     python -m pipeline run --input DIR --output OUT --model toy/checkpoint/model \\
-        --tasks count:people,point:person,track:person --window-s 4 --overlap-s 1 --max-new-tokens 640
+        --tasks count:person,point:person,track:person --window-s 4 --overlap-s 1 --max-new-tokens 640
 
 (no --num-frames / --max-fps: the pipeline takes 8 frames at 2 fps from the checkpoint) and scores the
 Parquet tables it wrote with `pipeline.devtools.toy_metrics` (definitions there and in docs/benchmarks.md):
@@ -34,7 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 SEED_BASE = 5_000_000_000  # never used by training (< 1e9 sample seeds) or its evals (2e9 + ...)
 LONG_SEED_OFFSET = 1_000_000
-TASKS = "count:people,point:person,track:person"  # the toy model's prompts: "How many people are there?"
+TASKS = "count:person,point:person,track:person"  # asks "How many people are there?", as the toy model learned
 WINDOW_S, OVERLAP_S = 4.0, 1.0  # the checkpoint's 8 frames at 2 fps cover 4 s; 1 s (2 frames) to stitch across
 MAX_NEW_TOKENS = 640  # a full track answer: 8 frames x 5 people x ~13 tokens, plus the tag
 

@@ -19,7 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.errors import MolmoBatchError
 from pipeline.io.secrets import redact, redact_data
-from pipeline.results.tasks import DEFAULT_TEMPLATES, build_tasks, check_task_keys, parse_task_list
+from pipeline.results.tasks import (
+    DEFAULT_TEMPLATES,
+    NOUN_PLACEHOLDERS,
+    build_tasks,
+    check_task_keys,
+    parse_task_list,
+)
 
 VIDEO_GLOBS = ["*.mp4", "*.mov", "*.mkv", "*.webm", "*.avi", "*.m4v", "*.mpg", "*.mpeg", "*.ts"]
 
@@ -258,7 +264,14 @@ class TasksConfig(ConfigSection):
         default_factory=dict,
         description=(
             "Override a task's prompt template (keys: caption, count, point, track; count, point and track "
-            "templates must contain '{noun}', which is filled in)."
+            "templates must contain '{noun}' (the noun as written) or '{nouns}' (its plural), which is filled in)."
+        ),
+    )
+    noun_plurals: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "NOUN=PLURAL for a noun whose plural the prompts get wrong ('{nouns}' in a template, e.g. the count "
+            "prompt 'How many {nouns} are there?'): bus=buses, 'person wearing a hat=people wearing hats'."
         ),
     )
     task_max_fps: dict[str, float] = Field(
@@ -301,18 +314,20 @@ class TasksConfig(ConfigSection):
                 raise ValueError(f"unknown kind {kind!r}: use one of {kinds} (an ask:<question> is its own prompt)")
             if not template.strip():
                 raise ValueError(f"the {kind!r} template is empty: write the question, e.g. {DEFAULT_TEMPLATES[kind]!r}")
-            needs_noun = "{noun}" in DEFAULT_TEMPLATES[kind]
-            if needs_noun and "{noun}" not in template:
-                raise ValueError(f"the {kind!r} template {template!r} has no '{{noun}}' placeholder: write it where the "
-                                 f"noun goes, e.g. {DEFAULT_TEMPLATES[kind]!r}")
-            if not needs_noun and "{noun}" in template:
-                raise ValueError(f"the {kind!r} template {template!r} has a '{{noun}}' but {kind} takes no noun: "
-                                 "remove it")
+            needs_noun = any(p in DEFAULT_TEMPLATES[kind] for p in NOUN_PLACEHOLDERS)
+            has_noun = any(p in template for p in NOUN_PLACEHOLDERS)
+            if needs_noun and not has_noun:
+                raise ValueError(f"the {kind!r} template {template!r} has no '{{noun}}' or '{{nouns}}' placeholder: "
+                                 f"write one where the noun goes, e.g. {DEFAULT_TEMPLATES[kind]!r}")
+            if not needs_noun and has_noun:
+                raise ValueError(f"the {kind!r} template {template!r} has a noun placeholder but {kind} takes no "
+                                 "noun: remove it")
         return value
 
     @model_validator(mode="after")
     def _prompts(self) -> TasksConfig:
-        build_tasks(self.tasks, self.prompt_templates)  # the prompts a run will send (ValueError with a fix)
+        # the prompts a run will send (ValueError with a fix)
+        build_tasks(self.tasks, self.prompt_templates, plurals=self.noun_plurals)
         return self
 
     @field_validator("task_max_fps")

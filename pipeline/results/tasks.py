@@ -3,13 +3,18 @@
 A task string names what to ask of every window: `caption`, `count:<noun>`, `point:<noun>`,
 `track:<noun>` or `ask:<question>`. Each becomes a `Task` with the exact prompt text the model sees;
 that prompt is written on every output row so a table can always be traced to its question.
+
+Templates fill `{noun}` with the noun as written and `{nouns}` with its plural: Molmo2 was trained on
+"How many people are there?", not "How many person are there?". The plural comes from `inflect`; a noun
+it gets wrong (or a phrase such as "person wearing a hat") is given its plural in `noun_plurals`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from functools import cache
+from typing import Any, Literal, TypeVar
 
 TaskKind = Literal["caption", "count", "point", "track", "ask"]
 T = TypeVar("T")
@@ -23,10 +28,39 @@ TASK_KINDS: tuple[TaskKind, ...] = ("caption", "count", "point", "track", "ask")
 # with <points>/<tracks> tags (counting by pointing).
 DEFAULT_TEMPLATES: dict[str, str] = {
     "caption": "Describe this video in detail.",
-    "count": "How many {noun} are there?",
+    "count": "How many {nouns} are there?",
     "point": "Point to the {noun}.",
     "track": "Track the {noun}.",
 }
+
+
+NOUN_PLACEHOLDERS = ("{noun}", "{nouns}")
+
+
+@cache
+def _inflect() -> Any:
+    import inflect  # imported on first use: ~50 ms, and only prompts need it
+
+    return inflect.engine()
+
+
+def plural_of(noun: str, plurals: Mapping[str, str] | None = None) -> str:
+    """The plural a prompt asks about: `plurals[noun]` if given, the noun itself when it already reads as
+    a plural (`people`, `cars`), else inflect's plural (`person` -> `people`, `shopping cart` -> `shopping
+    carts`, `man in red` -> `men in red`)."""
+    if plurals and noun in plurals:
+        return plurals[noun]
+    engine = _inflect()
+    singular = engine.singular_noun(noun)
+    if singular and singular != noun and engine.plural_noun(singular) == noun:
+        return noun
+    return str(engine.plural_noun(noun))
+
+
+def fill_template(template: str, noun: str, plurals: Mapping[str, str] | None = None) -> str:
+    """`template` with `{noun}` -> the noun as written and `{nouns}` -> its plural (see `plural_of`)."""
+    text = template.replace("{noun}", noun)
+    return text.replace("{nouns}", plural_of(noun, plurals)) if "{nouns}" in text else text
 
 
 @dataclass(frozen=True)
@@ -100,8 +134,10 @@ def build_tasks(
     *,
     max_fps: Mapping[str, float] | None = None,
     num_frames: Mapping[str, int] | None = None,
+    plurals: Mapping[str, str] | None = None,
 ) -> list[Task]:
-    """Turn task specs into Tasks with their exact prompts, applying template overrides.
+    """Turn task specs into Tasks with their exact prompts, applying template overrides (`plurals`: the
+    plural of a noun where inflect's would be wrong, e.g. {"bus": "buses"}).
 
     `max_fps` / `num_frames` give tasks their own frame sampling, keyed by task (`track:person`) or kind
     (`track`); the task name wins over the kind. Tasks not named keep the run's sampling (None).
@@ -123,9 +159,9 @@ def build_tasks(
             prompt = merged["caption"]
         else:
             template = merged[kind]
-            if "{noun}" not in template:
-                raise ValueError(f"prompt template for {kind!r} must contain '{{noun}}': {template!r}")
-            prompt = template.replace("{noun}", arg)
+            if not any(p in template for p in NOUN_PLACEHOLDERS):
+                raise ValueError(f"prompt template for {kind!r} must contain '{{noun}}' or '{{nouns}}': {template!r}")
+            prompt = fill_template(template, arg, plurals)
         name = _task_name(kind, arg)
         tasks.append(Task(kind=kind, query=arg, prompt=prompt, max_fps=per_task(max_fps, kind, name),
                           num_frames=per_task(num_frames, kind, name)))

@@ -62,7 +62,8 @@ def storage_retry(config: RunConfig) -> RetryPolicy:
 def tasks_of(config: RunConfig) -> list[Task]:
     """The questions every window is asked (with their own frame sampling, if any)."""
     return build_tasks(config.tasks.tasks, config.tasks.prompt_templates,
-                       max_fps=config.tasks.task_max_fps, num_frames=config.tasks.task_num_frames)
+                       max_fps=config.tasks.task_max_fps, num_frames=config.tasks.task_num_frames,
+                       plurals=config.tasks.noun_plurals)
 
 
 def task_samplers(config: RunConfig, tasks: Sequence[Task]) -> list[tuple[FrameSampler, tuple[int, ...]]]:

@@ -68,7 +68,7 @@ def test_toy_checkpoint_through_the_pipeline_keeps_its_accuracy(ray_local: None,
     assert any(w.rotation in (90, 270) for w in worlds.values())
     config = build_config({
         "source": {"input": str(videos)}, "output": {"output": str(out)}, "model": {"model": str(TOY_MODEL),
-        "max_new_tokens": 200}, "tasks": {"tasks": ["count:people", "point:person"]},
+        "max_new_tokens": 200}, "tasks": {"tasks": ["count:person", "point:person"]},
         "window": {"window_s": WINDOW_S, "overlap_s": OVERLAP_S}, "sampling": {"num_frames": NUM_FRAMES},
         "decode": {"decode_concurrency": 1}, "ray": {"progress": "off"},
     })

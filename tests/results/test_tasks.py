@@ -6,7 +6,31 @@ import pytest
 
 from pipeline.config import ConfigError, build_config
 from pipeline.results.collect import RowContext, VideoCollector, video_tables
-from pipeline.results.tasks import build_tasks, sampling_groups
+from pipeline.results.tasks import build_tasks, fill_template, plural_of, sampling_groups
+
+
+@pytest.mark.parametrize(("noun", "plural"), [
+    ("person", "people"), ("people", "people"), ("cart", "carts"), ("carts", "carts"),
+    ("shopping cart", "shopping carts"), ("child", "children"), ("children", "children"), ("box", "boxes"),
+    ("sheep", "sheep"), ("man in red", "men in red"), ("bottle of water", "bottles of water"),
+])
+def test_count_prompts_ask_about_the_plural(noun: str, plural: str) -> None:
+    assert plural_of(noun) == plural
+    (task,) = build_tasks([f"count:{noun}"])
+    assert task.prompt == f"How many {plural} are there?" and task.query == noun  # the noun is kept as written
+
+
+def test_a_plural_inflect_gets_wrong_is_given_in_noun_plurals() -> None:
+    assert plural_of("bus") == "bus"  # inflect reads "bus" as a plural (of "bu"): why the override exists
+    plurals = {"bus": "buses", "person wearing a hat": "people wearing hats"}
+    tasks = build_tasks(["count:bus", "count:person wearing a hat", "track:bus"], plurals=plurals)
+    assert [t.prompt for t in tasks] == ["How many buses are there?", "How many people wearing hats are there?",
+                                         "Track the bus."]
+    config = build_config({"tasks": {"tasks": "count:bus", "noun_plurals": {"bus": "buses"}}})
+    assert config.tasks.noun_plurals == {"bus": "buses"}
+    assert fill_template("Find every {noun}, count the {nouns}.", "bus", plurals) == "Find every bus, count the buses."
+    with pytest.raises(ConfigError, match=r"no '\{noun\}' or '\{nouns\}' placeholder"):
+        build_config({"tasks": {"tasks": "count:bus", "prompt_templates": {"count": "How many?"}}})
 
 
 def test_a_task_name_wins_over_its_kind_and_other_tasks_keep_the_run_sampling() -> None:

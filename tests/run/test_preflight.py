@@ -86,10 +86,10 @@ CASES: dict[str, tuple[Case, str]] = {
         lambda tmp, v, m, mp: ["--prompt-templates", "counting=How many {noun} are there?"], "unknown kind 'counting'"),
     "prompt template without {noun}": (
         lambda tmp, v, m, mp: ["--tasks", "count:person", "--prompt-templates", "count=How many are there?"],
-        "has no '{noun}' placeholder"),
+        "has no '{noun}' or '{nouns}' placeholder"),
     "prompt template in YAML without {noun}": (
         lambda tmp, v, m, mp: ["--config", str(_file(tmp / "t.yaml", b"tasks: {prompt_templates: {track: Track it.}}\n"))],
-        "has no '{noun}' placeholder"),
+        "has no '{noun}' or '{nouns}' placeholder"),
     "model directory that is not a Molmo2": (
         lambda tmp, v, m, mp: ["--model", str(_file(tmp / "llama" / "config.json", json.dumps(
             {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}).encode()).parent)],
