@@ -223,10 +223,14 @@ def _add_tool_commands(sub: Any) -> None:
         "writers",
         help="List the runs and jobs writing to an output (their leases); end a dead one's lease.",
         description="Every writer on an output holds a lease it renews while alive (pipeline/tables/leases.py). "
-        "--end RUN_ID ends a lease at once: only for a writer you know is dead.",
+        "--end RUN_ID ends a lease at once: only for a writer you know is dead. --sweep deletes every "
+        "uncommitted part file of a writer without a live lease (lists the whole output).",
     )
     w.add_argument("--output", required=True, help="The output folder or s3:// prefix.")
     w.add_argument("--end", metavar="RUN_ID", help="End this writer's lease now (operator override).")
+    w.add_argument("--sweep", action="store_true",
+                   help="Delete the uncommitted part files no live writer owns, in the pipeline's tables (a run's "
+                   "start-up recovery looks only where dead writers' leases point).")
     w.add_argument("--s3-endpoint-url", help=s3)
 
     r = sub.add_parser(

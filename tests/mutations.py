@@ -173,8 +173,13 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "orphans-kept", "recover() deletes the files a dead writer left uncommitted",
-        "pipeline/tables/sink.py", "if key in committed or layout.token_of_key(key) in live:", "if True:",
+        "pipeline/tables/sink.py", "                if key in committed:", "                if True:",
         (T_SINK,),
+    ),
+    Mutation(
+        "sweep-keeps-orphans", "the operator's sweep deletes uncommitted files no live writer owns",
+        "pipeline/tables/sink.py", "if key in committed or layout.token_of_key(key) in live:", "if True:",
+        ("tests/tables/test_writers.py::test_recovery_lists_only_a_dead_writers_own_files_not_the_outputs_history",),
     ),
     Mutation(
         "retry-statuses-ignored", "a nightly run processes again the videos whose every row failed",

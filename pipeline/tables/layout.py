@@ -146,14 +146,32 @@ def list_table_files(fs: Any, root: str) -> dict[str, list[str]]:
     return out
 
 
-def temporary_files(fs: Any, root: str, *, older_than_s: float = 0.0) -> list[str]:
-    """Temporary files of interrupted local writes anywhere under `root`, last changed over `older_than_s`
-    ago (a live writer's temporary file exists for the seconds its write takes: never take it from it)."""
+def writer_parts(fs: Any, root: str, table: str, run_date: str, token: str) -> dict[str, str]:
+    """The part files of `table` one writer (its token starts every key) made in one run-date partition,
+    path -> key: a prefix listing of its own files, however many other writers' the partition holds."""
+    folder = table_folder(root, table, run_date)
+    if is_local(fs):
+        if not fs.exists(folder):
+            return {}
+        paths = fs.glob(f"{folder}/part-{token}*.parquet")
+    else:
+        try:
+            paths = fs.find(folder, prefix=f"part-{token}")
+        except FileNotFoundError:
+            return {}
+    return {path: key for path in paths if (key := part_key(path)) is not None}
+
+
+def temporary_files(fs: Any, root: str, *, older_than_s: float = 0.0, folders: Iterable[str] | None = None) -> list[str]:
+    """Temporary files of interrupted local writes anywhere under `root` (or only in `folders`, each a
+    folder below it), last changed over `older_than_s` ago (a live writer's temporary file exists for the
+    seconds its write takes: never take it from it)."""
     if not fs.exists(root):
         return []
     now = time.time()
     found = []
-    for path in fs.find(root):
+    searched = [root] if folders is None else [f for f in folders if fs.exists(f)]
+    for path in (p for folder in searched for p in fs.find(folder)):
         if not is_temporary(path):
             continue
         with contextlib.suppress(FileNotFoundError):

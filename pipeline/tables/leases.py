@@ -101,11 +101,17 @@ class LeaseInfo:
     started_at: float
     expires_at: float
     purpose: str = ""
+    # The run-date partition its parts go to and the commit table of its group of tables: recovery after
+    # its death, by a writer of the same group, lists only its own files there (empty in leases of older
+    # versions: then recovery sweeps the whole output).
+    partition: str = ""
+    commit_table: str = ""
+    ended: bool = False  # by an operator (`end_lease`): dead whatever its expiry says
 
     def live(self, now: float | None = None) -> bool:
         """Not expired, and, when the writer ran on this machine, its process still exists (a run killed
         here and rerun at once need not wait for the lease to expire)."""
-        if (now if now is not None else _now()) >= self.expires_at:
+        if self.ended or (now if now is not None else _now()) >= self.expires_at:
             return False
         return not (self.host == socket.gethostname() and not _pid_alive(self.pid))
 
@@ -145,13 +151,22 @@ def read_leases(fs: Any, root: str) -> list[LeaseInfo]:
 
 
 def end_lease(fs: Any, root: str, writer_id: str) -> bool:
-    """Operator override: end `writer_id`'s lease now (its uncommitted parts become deletable). True if found."""
+    """Operator override: end `writer_id`'s lease now (its uncommitted parts become deletable). The lease
+    stays, marked ended and expired, so the next writer's recovery finds where the dead writer's files are,
+    deletes them and then the lease; a writer that was alive after all sees it ended and commits nothing.
+    True if found."""
     path = f"{leases_folder(root)}/{_safe(writer_id)}.json"
-    try:
-        fs.rm(path)
-    except FileNotFoundError:
+    data = _read_json(fs, path)
+    if data is None:
         return False
+    layout.atomic_write(fs, path, json.dumps({**data, "expires_at": 0.0, "ended": True}).encode())
     return True
+
+
+def remove_lease(fs: Any, root: str, writer_id: str) -> None:
+    """Delete a dead writer's lease (recovery, once the files it left are gone)."""
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(f"{leases_folder(root)}/{_safe(writer_id)}.json")
 
 
 class WriterLease:
@@ -160,12 +175,16 @@ class WriterLease:
     def __init__(
         self, fs: Any, root: str, writer_id: str, *, ttl_s: float = 300.0, heartbeat_s: float | None = None,
         purpose: str = "",
+        partition: str = "",
+        commit_table: str = "",
     ) -> None:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be > 0")
         self.fs, self.root, self.writer_id, self.ttl_s = fs, root.rstrip("/"), writer_id, ttl_s
         self.heartbeat_s = heartbeat_s if heartbeat_s is not None else max(0.5, ttl_s / 6)
         self.purpose = purpose
+        self.partition = partition
+        self.commit_table = commit_table
         self.token = layout.writer_token(writer_id)
         self.path = f"{leases_folder(self.root)}/{_safe(writer_id)}.json"
         self.started_at = _now()
@@ -175,9 +194,10 @@ class WriterLease:
         self._lost = False  # once presumed dead, always: a late renewal must not revive a cleaned-up writer
         self.held = False
 
-    def _payload(self) -> bytes:
+    def _payload(self, expires_at: float | None = None) -> bytes:
         info = LeaseInfo(self.writer_id, self.token, socket.gethostname(), os.getpid(), self.started_at,
-                         _now() + self.ttl_s, self.purpose)
+                         _now() + self.ttl_s if expires_at is None else expires_at, self.purpose, self.partition,
+                         self.commit_table)
         return json.dumps(info.__dict__).encode()
 
     def acquire(self) -> None:
@@ -218,10 +238,14 @@ class WriterLease:
         return self.held and not self._lost
 
     def _still_mine(self) -> bool:
-        """False once the lease file is gone: an operator ended it (`end_lease`) or a recovery expired it."""
+        """False once an operator ended the lease (`end_lease`) or a recovery removed it."""
         try:
-            mine = bool(self.fs.exists(self.path))
-        except Exception:  # the store is down: only the time margin decides
+            with self.fs.open(self.path, "rb") as fh:
+                data = json.loads(fh.read())
+            mine = not (isinstance(data, dict) and data.get("ended"))
+        except FileNotFoundError:
+            mine = False
+        except Exception:  # the store is down (or a write in progress): only the time margin decides
             return True
         if not mine:
             self._lost = True
@@ -239,14 +263,19 @@ class WriterLease:
                 "committed stays; rerun to finish the rest"
             )
 
-    def release(self) -> None:
-        """Stop the heartbeat and delete the lease (the writer's parts are all committed or abandoned)."""
+    def release(self, *, left_files: bool = False) -> None:
+        """Stop the heartbeat and delete the lease (the writer's parts are all committed). `left_files`: a
+        flush failed after writing some data files: the lease stays, expired at once, so the next writer's
+        recovery finds this writer dead and deletes them (recovery looks for leftovers of leases only)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.heartbeat_s + 5)
         if self.held:
             with contextlib.suppress(FileNotFoundError, OSError):
-                self.fs.rm(self.path)
+                if left_files:
+                    layout.atomic_write(self.fs, self.path, self._payload(expires_at=_now()))
+                else:
+                    self.fs.rm(self.path)
         self.held = False
 
 

@@ -40,7 +40,14 @@ from pipeline.io.secrets import redact
 from pipeline.io.storage import get_fs, join_url
 from pipeline.results.work import DoneQuery, DoneRow, work_done
 from pipeline.tables import layout
-from pipeline.tables.leases import CommitLock, CommitTicket, LeaseError, WriterLease, end_lease, read_leases
+from pipeline.tables.leases import (
+    CommitLock,
+    CommitTicket,
+    LeaseError,
+    WriterLease,
+    read_leases,
+    remove_lease,
+)
 from pipeline.tables.schemas import COMMIT_TABLE, TABLES, to_table
 
 log = logging.getLogger(__name__)
@@ -99,7 +106,8 @@ class TableSink:
         self.root = self.root.rstrip("/")
         self._local = layout.is_local(self.fs)
         self.writer_id = writer_id or f"writer-{uuid.uuid4().hex[:12]}"
-        self.lease = WriterLease(self.fs, self.root, self.writer_id, ttl_s=lease_ttl_s, purpose=purpose)
+        self.lease = WriterLease(self.fs, self.root, self.writer_id, ttl_s=lease_ttl_s, purpose=purpose,
+                                 partition=run_date, commit_table=commit_table)
         self.lock = CommitLock(self.fs, self.root, self.writer_id, ttl_s=commit_lock_ttl_s)
         self.on_wait = on_wait
         self._videos: dict[str, dict[str, list[dict[str, Any]]]] = {}  # video id -> table -> rows, in order
@@ -114,6 +122,7 @@ class TableSink:
         self._indexed: frozenset[str] = frozenset()
         self._lock_seen = 0  # the newest commit-lock generation whose commit this writer has read
         self._start_listing: dict[str, str] | None = None  # the commit records at start (`list_commits`)
+        self._failed_flush = False  # a flush raised: it may have left data files without their commit record
         self.parts_written = 0
         self.videos_committed = 0
         self.committed_elsewhere = 0  # buffered videos dropped: another writer committed them meanwhile
@@ -142,8 +151,9 @@ class TableSink:
         return self._start_listing
 
     def close(self) -> None:
-        """Give the lease back (call after the last flush; uncommitted buffered rows are dropped)."""
-        self.lease.release()
+        """Give the lease back (call after the last flush; uncommitted buffered rows are dropped). After a
+        flush that failed, the lease stays behind, expired: recovery cleans up after writers with leases."""
+        self.lease.release(left_files=self._failed_flush)
 
     def __enter__(self) -> TableSink:
         return self.start()
@@ -160,7 +170,56 @@ class TableSink:
         return found
 
     def recover(self) -> int:
-        """Delete uncommitted part files of writers that hold no live lease; return how many were removed."""
+        """Delete the uncommitted part files of writers of this group of tables whose lease expired, then
+        those leases; return how many files were removed.
+
+        Each lease names its writer's token, run-date partition and commit table, so this lists, per dead
+        writer, only its own files in that partition (prefix listings), however large the output's history;
+        a lease that does not say (written by an older version) makes it `sweep()` the whole output instead."""
+        self.start()
+        self.fs.invalidate_cache()
+        leases = _retry(lambda: read_leases(self.fs, self.root), "read the writers' leases", self.retry)
+        now = time.time()
+        dead = [info for info in leases if not info.live(now) and info.token != self.lease.token]
+        if any(not info.partition or not info.commit_table for info in dead):
+            return self.sweep()
+        # Another group's writers (a job's own tables) are left to that group's next writer: only it knows
+        # their tables.
+        dead = [info for info in dead if info.commit_table == self.commit_table]
+        removed = 0
+        for info in dead:
+            removed += self._remove_uncommitted(info.token, info.partition)
+            _retry(lambda i=info: remove_lease(self.fs, self.root, i.writer_id), "remove an expired lease", self.retry)
+        if self._local and dead:
+            folders = [layout.table_folder(self.root, t, d) for d in {i.partition for i in dead}
+                       for t in [*self.tables, "runs"]]
+            for path in layout.temporary_files(self.fs, self.root, older_than_s=self.lease.ttl_s, folders=folders):
+                self.fs.rm(path)
+        return removed
+
+    def _remove_uncommitted(self, token: str, partition: str) -> int:
+        """Delete the data part files a dead writer left in its partition without their commit record."""
+        def parts(table: str) -> dict[str, str]:
+            return _retry(lambda: layout.writer_parts(self.fs, self.root, table, partition, token),
+                          f"list {self.root}/{table}/{layout.PARTITION}={partition}", self.retry)
+
+        data = {t: parts(t) for t in self.tables if t != self.commit_table}
+        committed = set(parts(self.commit_table).values())
+        removed = 0
+        for found in data.values():
+            for path, key in found.items():
+                if key in committed:
+                    continue
+                _retry(lambda p=path: self.fs.rm(p), f"delete orphan {path}", self.retry)
+                removed += 1
+        return removed
+
+    def sweep(self) -> int:
+        """Delete every uncommitted part file in the output whose writer holds no live lease, then the expired
+        leases; return how many files were removed. Lists every table's whole history: `recover()` does
+        this only when a lease does not name its partition; an operator runs it (`pipeline writers
+        --sweep`) for files no lease accounts for (a writer presumed dead whose lease was cleaned up while
+        it still wrote)."""
         self.start()
         self.fs.invalidate_cache()
         # Order matters: data parts, then commit records, then leases. A part listed here was written after
@@ -183,7 +242,7 @@ class TableSink:
                 removed += 1
         for info in leases:  # expired leases: their writers' leftovers are gone now
             if not info.live(now) and info.token != self.lease.token:
-                _retry(lambda i=info: end_lease(self.fs, self.root, i.writer_id), "remove an expired lease", self.retry)
+                _retry(lambda i=info: remove_lease(self.fs, self.root, i.writer_id), "remove an expired lease", self.retry)
         # Temporary files of an interrupted local write (a live writer's exist for seconds only).
         if self._local:
             for path in layout.temporary_files(self.fs, self.root, older_than_s=self.lease.ttl_s):
@@ -197,8 +256,20 @@ class TableSink:
 
     def _read_commits(self) -> list[str]:
         """Read the commit records not read yet (except those in the done index); return their paths."""
+        # The commit lock's generations since the last look name the records to read (a GET each): no listing
+        # of the commit table, which grows every night. When one is not known (pruned, a writer that died
+        # holding it), list the table.
+        settled = _retry(self.lock.settled_generation, f"read the commit lock of {self.output}", self.retry)
+        paths = _retry(lambda: self.lock.committed_since(self._lock_seen, settled + 1),
+                       f"read the commit lock of {self.output}", self.retry)
+        if paths is None:  # listed after `settled` was read: the listing holds every record up to it
+            paths = self._list_commits_now()
+        self._lock_seen = max(self._lock_seen, settled)
+        return self._read_commit_files([p for p in paths if p not in self._commits])
+
+    def _list_commits_now(self) -> list[str]:
         self.fs.invalidate_cache()
-        return self._read_commit_files([p for p in self._parts(self.commit_table) if p not in self._commits])
+        return list(self._parts(self.commit_table))
 
     def _read_commits_since(self, ticket: CommitTicket) -> None:
         """Under the lock: read what other writers committed since this one last looked. The lock's
@@ -207,9 +278,8 @@ class TableSink:
         paths = _retry(lambda: self.lock.committed_since(self._lock_seen, ticket.generation),
                        f"read the commit lock of {self.output}", self.retry)
         if paths is None:
-            self._read_commits()
-        else:
-            self._read_commit_files([p for p in paths if p not in self._commits])
+            paths = self._list_commits_now()
+        self._read_commit_files([p for p in paths if p not in self._commits])
 
     def _read_commit_files(self, new: list[str]) -> list[str]:
         for path in new:
@@ -267,6 +337,9 @@ class TableSink:
         committed: list[str] | None = None  # unknown unless the flush ends normally
         try:
             committed = self._flush_locked(ticket)
+        except BaseException:
+            self._failed_flush = True
+            raise
         finally:
             _retry(lambda: self.lock.release(ticket, committed), f"release the commit lock of {self.output}",
                    self.retry)

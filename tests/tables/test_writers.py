@@ -8,6 +8,7 @@ committing after others presumed it dead, and a reused run id overwriting histor
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from collections import Counter
@@ -158,10 +159,13 @@ def test_a_flush_reads_others_commits_from_the_lock_not_by_listing_the_commit_ta
         b.add_video(vid, _rows(vid, "run-b"))
         b.flush()
     listings.clear()
+    assert a.done_video_ids() == {"v1", "v2"} and listings == []  # what is done: read the same way
+    b.add_video("v5", _rows("v5", "run-b"))
+    b.flush()
     a.add_video("v1", _rows("v1", "run-a"))
     a.add_video("v3", _rows("v3", "run-a"))
     a.flush()
-    assert listings == []  # the two generations in between named b's commit records
+    assert listings == []  # the generations in between named b's commit records
     assert (a.committed_elsewhere, a.videos_committed) == (1, 1)
 
     # A generation that does not say what it committed (a writer that failed, or an older version): the
@@ -174,7 +178,7 @@ def test_a_flush_reads_others_commits_from_the_lock_not_by_listing_the_commit_ta
     a.flush()
     assert listings == ["videos"]
     assert (a.committed_elsewhere, a.videos_committed) == (2, 1)
-    assert Counter(r["video_id"] for r in _table(out, "videos")) == {"v1": 1, "v2": 1, "v3": 1, "v4": 1}
+    assert Counter(r["video_id"] for r in _table(out, "videos")) == {"v1": 1, "v2": 1, "v3": 1, "v4": 1, "v5": 1}
     a.close()
     b.close()
 
@@ -319,7 +323,6 @@ def test_operator_lists_writers_and_ends_a_dead_ones_lease(tmp_path: Path, capsy
 
 def test_a_writer_killed_on_this_machine_is_recovered_at_once(tmp_path: Path) -> None:
     """A run killed here (SIGKILL) and rerun at once: its process is gone, so its lease no longer counts."""
-    import json
     import subprocess
     import sys
 
@@ -342,4 +345,90 @@ def test_a_writer_killed_on_this_machine_is_recovered_at_once(tmp_path: Path) ->
     assert b.recover() == 1 and _files(out, "errors") == []  # no wait for the 300 s TTL
     paused.die()
     killed.join(30)
+    b.close()
+
+
+def _dies_before_commit(sink: TableSink) -> None:
+    """Flush `sink` so that it writes its data files and then "dies" (no heartbeat, no commit, no release)."""
+    def write(table: str, key: str, data: Any) -> None:
+        if table == sink.commit_table:
+            sink.lease._stop.set()
+            raise KeyboardInterrupt("killed")
+        TableSink._write(sink, table, key, data)
+
+    sink._write = write  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        sink.flush()
+
+
+def test_recovery_lists_only_a_dead_writers_own_files_not_the_outputs_history(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.cli import main
+
+    out = tmp_path / "out"
+    for night, day in enumerate(("2026-01-01", "2026-01-02")):  # history: committed parts of earlier nights
+        old = TableSink(str(out), run_date=day, writer_id=f"night-{night}")
+        for vid in (f"n{night}a", f"n{night}b"):
+            old.add_video(vid, _rows(vid, old.writer_id))
+            old.flush()
+        old.close()
+    history = _files(out, "errors")
+    dead = TableSink(str(out), run_date="2026-01-03", writer_id="run-dead", lease_ttl_s=1.0)
+    dead.add_video("v1", _rows("v1", "run-dead"))
+    _dies_before_commit(dead)
+    listings: list[str] = []
+    real_list_parts = layout.list_parts
+    monkeypatch.setattr(layout, "list_parts", lambda fs, root, table: listings.append(table) or real_list_parts(fs, root, table))
+    b = TableSink(str(out), run_date="2026-01-04", writer_id="run-b")
+    _wait_for(lambda: not any(i.live() for i in read_leases(b.fs, b.root) if i.writer_id == "run-dead"),
+              "run-dead's lease to expire")
+    b.start()  # (its start-up snapshot of the commit records is not recovery's business)
+    listings.clear()
+    assert b.recover() == 1
+    assert listings == []  # no table's whole history was listed: only run-dead's own files in its partition
+    assert _files(out, "errors") == history and [i.writer_id for i in read_leases(b.fs, b.root)] == ["run-b"]
+
+    # A file no lease accounts for (its writer's lease was cleaned up while it still wrote): recovery does not
+    # look for it; the operator's sweep, which lists everything, deletes it.
+    stray = layout.part_path(str(out), "errors", "2026-01-02", layout.new_part_key(["x"], layout.writer_token("gone")))
+    Path(stray).write_bytes(Path(history[0]).read_bytes())
+    assert b.recover() == 0 and Path(stray) in _files(out, "errors")
+    assert main(["writers", "--output", str(out), "--sweep"]) == 0
+    assert "removed 1 uncommitted part file(s)" in capsys.readouterr().out
+    assert _files(out, "errors") == history
+
+    # A lease written by an older version does not say where its files are: recovery sweeps instead.
+    older = TableSink(str(out), run_date="2026-01-05", writer_id="run-older", lease_ttl_s=1.0)
+    older.add_video("v2", _rows("v2", "run-older"))
+    _dies_before_commit(older)
+    lease_file = Path(older.lease.path)
+    lease_file.write_text(json.dumps({k: v for k, v in json.loads(lease_file.read_text()).items()
+                                      if k not in ("partition", "commit_table")}))
+    _wait_for(lambda: not any(i.live() for i in read_leases(b.fs, b.root) if i.writer_id == "run-older"),
+              "run-older's lease to expire")
+    listings.clear()
+    assert b.recover() == 1 and "errors" in listings and _files(out, "errors") == history
+    b.close()
+
+
+def test_a_writer_whose_flush_failed_leaves_its_lease_expired_for_recovery(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    a = TableSink(str(out), run_date=DAY, writer_id="run-a")
+    a.add_video("v1", _rows("v1", "run-a"))
+    original = a._write
+
+    def fails_at_commit(table: str, key: str, data: Any) -> None:
+        if table == a.commit_table:
+            raise PermissionError("the store refused the commit record")
+        original(table, key, data)
+
+    a._write = fails_at_commit  # type: ignore[method-assign]
+    with pytest.raises(PermissionError):
+        a.flush()
+    a.close()  # a clean exit after the failure: the lease stays, expired, pointing at the leftovers
+    (info,) = read_leases(a.fs, a.root)
+    assert (info.writer_id, info.live(), info.partition) == ("run-a", False, DAY)
+    b = TableSink(str(out), run_date="2026-02-01", writer_id="run-b")
+    assert b.recover() == 1 and _files(out, "errors") == []
     b.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -397,10 +398,12 @@ def test_analyze_an_upload(server: str, tmp_path: Path) -> None:
     assert (cap["frames_used"], cap["generated_tokens"], cap["truncated"]) == (6, 12, True)
     assert cap["video_id"] == v["video_id"] and cap["run_id"].startswith("serve-")
     (count,) = body["counts"]
-    assert (count["query"], count["parse_status"], count["count_method"], count["count"]) == (
-        "person", "truncated", "text_number", 424)
+    stated = count["count"]  # a number the answer states (the parser's reading of gibberish)
+    assert isinstance(stated, int) and str(stated) in re.findall(r"\d+", count["answer"])
+    assert (count["query"], count["prompt"], count["parse_status"], count["count_method"]) == (
+        "person", "How many people are there?", "truncated", "text_number")
     assert sorted((r["task"], r["query"], r["distinct_objects"], r["max_window_count"], r["windows"])
-                  for r in body["video_counts"]) == [("count", "person", None, 424, 1), ("track", "person", None, 0, 1)]
+                  for r in body["video_counts"]) == [("count", "person", None, stated, 1), ("track", "person", None, 0, 1)]
     assert body["timings"]["model_s"] > 0
     # The same bytes get the same video_id (content-addressed uploads).
     again = requests.post(server + "/v1/analyze", files={"file": ("clip.mp4", video.read_bytes(), "video/mp4")},
