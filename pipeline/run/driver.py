@@ -46,7 +46,7 @@ from pipeline.source.stream import (
     watch_listing,
 )
 from pipeline.tables import layout
-from pipeline.tables.done_index import DoneGeneration, DoneLookup, compact
+from pipeline.tables.done_index import DoneGeneration, DoneLookup, compact, latest_generation
 from pipeline.tables.layout import ConditionalWriteUnsupported
 from pipeline.tables.leases import LeaseError, read_leases
 from pipeline.tables.schemas import COMMIT_TABLE
@@ -170,17 +170,23 @@ class RunDriver:
         uncovered (a first run over a big output made before the index, or many runs without one), so the
         driver never reads more than that many parts; the sink skips the parts it covers. The commit parts
         are listed once, by the sink, for this decision and its start."""
-        parts = sink.list_commits()
-        generation = self._compact(sink, parts=parts, min_parts=self.config.output.done_index_parts + 1)
+        current = latest_generation(sink.fs, sink.root, self.storage_retry)
+        # Starting from the index's commit-lock generation: only the commits since, not the whole table.
+        parts = sink.list_commits(since=current.lock_generation if current is not None else None)
+        generation = self._compact(sink, parts=parts, lock_generation=sink.lock_seen,
+                                   min_parts=self.config.output.done_index_parts + 1)
         if generation is not None:
             sink.skip_indexed(generation.covers)
         return generation
 
-    def _compact(self, sink: TableSink, *, min_parts: int, parts: dict[str, str] | None = None) -> DoneGeneration | None:
-        """The done index, compacted when at least `min_parts` commit parts are uncovered (`parts`: listed already)."""
+    def _compact(self, sink: TableSink, *, min_parts: int, parts: dict[str, str],
+                 lock_generation: int) -> DoneGeneration | None:
+        """The done index, compacted when at least `min_parts` of `parts` (every commit up to the lock's
+        `lock_generation` that the index may not hold) are uncovered."""
         return compact(sink.fs, sink.root, output=self.config.output.output,
                        endpoint_url=self.config.source.s3_endpoint_url, commit_table=COMMIT_TABLE,
-                       retry=self.storage_retry, echo=self.echo, parts=parts, min_parts=min_parts)
+                       retry=self.storage_retry, echo=self.echo, parts=parts, lock_generation=lock_generation,
+                       min_parts=min_parts)
 
     def done_lookup(self, sink: TableSink, generation: DoneGeneration | None = None) -> DoneLookup:
         """What the done step needs: the done index's files and the rows of the commit parts it does not
@@ -399,7 +405,6 @@ class RunDriver:
         if self.sink is not None:
             self.summary.rows_written = dict(self.sink.rows_written)
             self.summary.videos_committed_elsewhere = self.sink.committed_elsewhere
-            self.sink.close()
             self._compact_after_run(self.sink)
         self.summary.elapsed_s = time.monotonic() - self.started
         self._record()
@@ -410,7 +415,15 @@ class RunDriver:
         uncovered, so the next run reads few parts at start. The tables are written already: a failure
         here is a warning (the next run compacts)."""
         try:
-            self._compact(sink, min_parts=self.config.output.done_index_parts)
+            parts, lock_generation = sink.known_commits()
+        except Exception as exc:
+            sink.close()
+            self.echo(f"warning: could not read the output's new commits to compact the done index "
+                      f"({type(exc).__name__}: {redact(exc)}); the next run does")
+            return
+        sink.close()  # the lease goes back before the compaction: it writes no table part
+        try:
+            self._compact(sink, parts=parts, lock_generation=lock_generation, min_parts=self.config.output.done_index_parts)
         except Exception as exc:
             self.echo(f"warning: could not compact the done index ({type(exc).__name__}: {redact(exc)}); the next "
                       "run does")

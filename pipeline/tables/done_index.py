@@ -52,6 +52,7 @@ from pipeline.io.retry import DEFAULT_POLICY, RetryPolicy, retry_call
 from pipeline.io.storage import get_fs
 from pipeline.results.work import DoneQuery, DoneRow, work_done
 from pipeline.tables import layout
+from pipeline.tables.leases import CommitLock
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,10 @@ class DoneGeneration:
     files: tuple[IndexFile, ...]
     covers: frozenset[str]  # commit part keys whose rows it holds
     created_at: float = 0.0
+    # It holds every commit of the output's commit-lock generations up to this one (None: not known, an
+    # older version's index): a run starts from the lock's generations after it, which name their commit
+    # records, instead of listing the commit table (`TableSink.list_commits(since=...)`).
+    lock_generation: int | None = None
 
     @property
     def rows(self) -> int:
@@ -128,7 +133,9 @@ def _manifests(fs: Any, root: str) -> dict[int, str]:
 def _parse_manifest(root: str, blob: Mapping[str, Any]) -> DoneGeneration:
     folder = f"{index_folder(root)}/{blob['folder']}"
     files = tuple(IndexFile(f"{folder}/{f['name']}", f["first"], f["last"], int(f["rows"])) for f in blob["files"])
-    return DoneGeneration(int(blob["generation"]), files, frozenset(blob["covers"]), float(blob.get("created_at", 0)))
+    lock = blob.get("lock_generation")
+    return DoneGeneration(int(blob["generation"]), files, frozenset(blob["covers"]), float(blob.get("created_at", 0)),
+                          None if lock is None else int(lock))
 
 
 def latest_generation(fs: Any, root: str, retry: RetryPolicy = DEFAULT_POLICY) -> DoneGeneration | None:
@@ -329,17 +336,25 @@ def compact(
     rows_per_file: int = ROWS_PER_FILE,
     echo: Callable[[str], None] | None = None,
     parts: Mapping[str, str] | None = None,
+    lock_generation: int | None = None,
     min_parts: int = 1,
 ) -> DoneGeneration | None:
     """Publish a new generation holding the last one and every commit part it does not cover, when at least
-    `min_parts` are uncovered (Ray must be up). `parts`: the commit parts (path -> key) when the caller has
-    just listed them. Returns the newest generation (another writer's, when it published the same number
-    first; the last one when nothing was compacted)."""
+    `min_parts` are uncovered (Ray must be up). `parts`: the commit parts (path -> key) when the caller knows
+    them, with `lock_generation`: the commit-lock generation up to which they hold every commit since the
+    last generation's (a writer's `known_commits()`); else the commit table is listed here. Returns the
+    newest generation (another writer's, when it published the same number first; the last one when
+    nothing was compacted)."""
     import ray
 
     previous = latest_generation(fs, root, retry)
     if parts is None:
+        # The lock's settled generation before the listing: every commit up to it is in the listing.
+        lock_generation = retry_call(CommitLock(fs, root, "done-index").settled_generation,
+                                     "read the commit lock", retry)
         parts = retry_call(lambda: layout.list_parts(fs, root, commit_table), f"list {root}/{commit_table}", retry)
+    if lock_generation is not None and previous is not None and previous.lock_generation is not None:
+        lock_generation = max(lock_generation, previous.lock_generation)
     new = uncovered_parts(parts, previous)
     if not new or len(new) < min_parts:
         return previous
@@ -363,6 +378,7 @@ def compact(
         "created_at": time.time(),
         "folder": folder.rpartition("/")[2],
         "covers": sorted({*(previous.covers if previous else ()), *new.values()}),
+        "lock_generation": lock_generation,
         "files": [{"name": r["name"], "first": r["first"], "last": r["last"], "rows": r["rows"]} for r in files],
     }
     payload = json.dumps(blob, sort_keys=True).encode()

@@ -140,15 +140,41 @@ class TableSink:
             self._snapshot_taken = True
         return self
 
-    def list_commits(self) -> dict[str, str]:
-        """The commit records (path -> key) as of this writer's start, listed once: what `start()` reads and
+    def list_commits(self, since: int | None = None) -> dict[str, str]:
+        """The commit records (path -> key) as of this writer's start, found once: what `start()` reads and
         what a caller may look at first (e.g. to decide on the done index). The commit lock's settled
-        generation is noted before the listing, so a commit that lands after it is read at the next flush."""
+        generation is noted first, so a commit that lands after it is read at the next flush.
+
+        `since`: a commit-lock generation up to which every commit is accounted for elsewhere (the done
+        index's `lock_generation`): then only the records of the generations after it, which name them,
+        are returned (a GET each), and the commit table, which grows every night, is not listed; when one
+        of those generations does not say (pruned, or its writer died holding it), the table is listed."""
         if self._start_listing is None:
             self._lock_seen = _retry(self.lock.settled_generation, f"read the commit lock of {self.output}", self.retry)
-            self.fs.invalidate_cache()
-            self._start_listing = self._parts(self.commit_table)
+            named = None
+            if since is not None and since <= self._lock_seen:
+                named = _retry(lambda: self.lock.committed_since(since, self._lock_seen + 1),
+                               f"read the commit lock of {self.output}", self.retry)
+            if named is not None:
+                self._start_listing = {p: k for p in named if (k := layout.part_key(p)) is not None}
+            else:
+                self.fs.invalidate_cache()
+                self._start_listing = self._parts(self.commit_table)
         return self._start_listing
+
+    @property
+    def lock_seen(self) -> int:
+        """The newest commit-lock generation up to which this writer knows every commit (see `list_commits`)."""
+        return self._lock_seen
+
+    def known_commits(self) -> tuple[dict[str, str], int]:
+        """The commit records this writer knows (path -> key: those found at start and every one since,
+        read now up to the lock's settled generation) and that generation: together with what the start
+        snapshot left out (`list_commits(since=...)`), every commit up to it. For the done index's compaction;
+        call before `close()`."""
+        self.start()
+        self._read_commits()
+        return {p: k for p in self._commits if (k := layout.part_key(p)) is not None}, self._lock_seen
 
     def close(self) -> None:
         """Give the lease back (call after the last flush; uncommitted buffered rows are dropped). After a
@@ -256,9 +282,11 @@ class TableSink:
 
     def _read_commits(self) -> list[str]:
         """Read the commit records not read yet (except those in the done index); return their paths."""
-        # The commit lock's generations since the last look name the records to read (a GET each): no listing
-        # of the commit table, which grows every night. When one is not known (pruned, a writer that died
-        # holding it), list the table.
+        # First the start snapshot (found, not read yet, when no `start()` came first); then the commit lock's
+        # generations since the last look name the records to read (a GET each): no listing of the commit
+        # table, which grows every night. When one is not known (pruned, a writer that died holding it),
+        # list the table.
+        self._read_commit_files([p for p in self.list_commits() if p not in self._commits])
         settled = _retry(self.lock.settled_generation, f"read the commit lock of {self.output}", self.retry)
         paths = _retry(lambda: self.lock.committed_since(self._lock_seen, settled + 1),
                        f"read the commit lock of {self.output}", self.retry)

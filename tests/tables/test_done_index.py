@@ -188,3 +188,55 @@ def test_manifest_names_its_files_and_the_parts_it_covers(tmp_path: Path) -> Non
     got = latest_generation(fs, str(tmp_path))
     assert got is not None and (got.number, got.covers, got.rows) == (4, frozenset({"k1", "k2"}), 3)
     assert got.files[0].path == f"{tmp_path}/_done/gen-00000004-abc/part-1.parquet"
+
+
+@pytest.mark.integration
+def test_a_start_from_the_index_reads_only_the_commits_since_its_lock_generation(
+    ray_local: None, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The commit table grows every night; a run that starts from the done index reads the commit lock's
+    generations after the index's (they name their commit records) and lists nothing, and the compaction at
+    its end folds in what it knows, again without a listing."""
+    from pipeline.tables import layout
+    from pipeline.tables.leases import CommitLock
+
+    out = tmp_path / "out"
+    for night in range(2):
+        _commit(out, f"night{night}", _history(night, 8))
+    fs, root = TableSink(str(out), run_date="x").fs, str(out)
+    first = compact(fs, root, output=str(out), endpoint_url=None, commit_table=COMMIT_TABLE)
+    assert first is not None and first.lock_generation == CommitLock(fs, root, "t").settled_generation() > 0
+    _commit(out, "night2", _history(2, 6))
+    every_key = {p.stem.removeprefix("part-") for p in out.glob("videos/*/part-*.parquet")}
+    listings: list[str] = []
+    real_list_parts = layout.list_parts
+    monkeypatch.setattr(layout, "list_parts", lambda fs, root, table: listings.append(table) or real_list_parts(fs, root, table))
+
+    sink = TableSink(str(out), run_date="2026-01-06", writer_id="run-x")
+    started = sink.list_commits(since=first.lock_generation)
+    assert set(started.values()) == every_key - first.covers and listings == []
+    sink.skip_indexed(first.covers)
+    assert set(sink.done_work(QUERY, any_status=True)) == set(_history(2, 6)) and listings == []
+    known, lock = sink.known_commits()
+    sink.close()
+    second = compact(fs, root, output=str(out), endpoint_url=None, commit_table=COMMIT_TABLE, parts=known,
+                     lock_generation=lock)
+    assert listings == [] and second is not None and second.covers == every_key and second.lock_generation == lock
+    listed = sorted(_all_rows(out, QUERY, any_status=True))
+    done, _ = _lookup(out, QUERY, second).work_done(listed, [_uri(v) for v in listed])
+    assert done == _all_rows(out, QUERY)
+
+    # A generation after the index's that does not say what it committed (its writer failed mid-commit, or
+    # it was pruned): the start lists the commit table instead, and misses nothing.
+    writer = TableSink(str(out), run_date="2026-01-07", writer_id="night3")
+    writer.add_video("v9999", {COMMIT_TABLE: [_videos_row("v9999", "ok", KEYS[:1])]})
+    real_release = writer.lock.release
+    monkeypatch.setattr(writer.lock, "release", lambda ticket, committed=None: real_release(ticket, None))
+    writer.flush()
+    writer.close()
+    listings.clear()
+    again = TableSink(str(out), run_date="2026-01-07", writer_id="run-y")
+    assert set(again.list_commits(since=second.lock_generation).values()) == every_key | {
+        p.stem.removeprefix("part-") for p in out.glob("videos/run_date=2026-01-07/part-*.parquet")}
+    assert listings == ["videos"]
+    again.close()
