@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -145,13 +146,35 @@ def test_table_sink_parts_on_s3(seaweed: SeaweedServer, aws_env: str) -> None:
     assert sink.done_video_ids() == {"v1", "v2"}
     assert sink.done_video_ids(statuses=["ok", "partial"]) == {"v2"}
 
-    # An orphan part (its commit record never written) is removed on start; committed parts stay.
+    # A writer that dies between its data files and its commit record: once its lease expires, the next
+    # writer's recovery finds its files by prefix in its partition and removes them; committed parts stay.
     fs = seaweed.filesystem()
-    orphan = f"{bucket}/tables/errors/run_date=2026-11-02/part-{'0' * 24}.parquet"
-    fs.pipe_file(orphan, fs.cat_file(fs.find(f"{bucket}/tables/errors")[0]))
-    again = TableSink(out, run_date="2026-11-02", endpoint_url=aws_env)
+    dying = TableSink(out, run_date="2026-11-02", endpoint_url=aws_env, writer_id="dies", lease_ttl_s=1.0)
+    dying.add_video("v3", {"videos": [{**row, "video_id": "v3"}], "errors": [{**err, "video_id": "v3"}]})
+    real_write = dying._write
+
+    def write(table: str, key: str, data: Any) -> None:
+        if table == dying.commit_table:
+            dying.lease._stop.set()  # no heartbeat any more, nothing released
+            raise KeyboardInterrupt("killed")
+        real_write(table, key, data)
+
+    dying._write = write  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        dying.flush()
+    (orphan,) = fs.find(f"{bucket}/tables/errors/run_date=2026-11-02")
+    time.sleep(1.5)  # its lease expires
+    again = TableSink(out, run_date="2026-11-03", endpoint_url=aws_env)
     assert again.recover() == 1
-    assert not fs.exists(orphan)
+    fs.invalidate_cache()
+    assert not fs.exists(orphan) and len(fs.find(f"{bucket}/tables/errors")) == 1
+    # A file no lease accounts for is the operator's sweep's (it lists everything).
+    stray = f"{bucket}/tables/errors/run_date=2026-11-02/part-{'0' * 24}.parquet"
+    fs.pipe_file(stray, fs.cat_file(fs.find(f"{bucket}/tables/errors")[0]))
+    assert again.recover() == 0 and again.sweep() == 1
+    fs.invalidate_cache()
+    assert not fs.exists(stray)
+    again.close()
 
     # Readable by pyarrow's own S3 client as a Hive-partitioned dataset.
     s3 = pafs.S3FileSystem(access_key=seaweed.access_key, secret_key=seaweed.secret_key,
