@@ -288,26 +288,26 @@ class TableSink:
         # list the table.
         self._read_commit_files([p for p in self.list_commits() if p not in self._commits])
         settled = _retry(self.lock.settled_generation, f"read the commit lock of {self.output}", self.retry)
-        paths = _retry(lambda: self.lock.committed_since(self._lock_seen, settled + 1),
-                       f"read the commit lock of {self.output}", self.retry)
-        if paths is None:  # listed after `settled` was read: the listing holds every record up to it
-            paths = self._list_commits_now()
+        new = self._read_commits_before(settled + 1)
         self._lock_seen = max(self._lock_seen, settled)
-        return self._read_commit_files([p for p in paths if p not in self._commits])
+        return new
 
-    def _list_commits_now(self) -> list[str]:
-        self.fs.invalidate_cache()
-        return list(self._parts(self.commit_table))
+    def _read_commits_before(self, generation: int) -> list[str]:
+        """Read the commit records of the lock's generations after the last one read and before `generation`
+        (they name them), or, when one of them does not say, those a listing of the commit table finds (made
+        after `generation - 1` settled: it holds every record up to it)."""
+        paths = _retry(lambda: self.lock.committed_since(self._lock_seen, generation),
+                       f"read the commit lock of {self.output}", self.retry)
+        if paths is None:
+            self.fs.invalidate_cache()
+            paths = list(self._parts(self.commit_table))
+        return self._read_commit_files([p for p in paths if p not in self._commits])
 
     def _read_commits_since(self, ticket: CommitTicket) -> None:
         """Under the lock: read what other writers committed since this one last looked. The lock's
         generations in between name their commit records, so this costs a GET per commit, not a listing of
         the whole commit table (which grows every night); when one of them is not known, list it."""
-        paths = _retry(lambda: self.lock.committed_since(self._lock_seen, ticket.generation),
-                       f"read the commit lock of {self.output}", self.retry)
-        if paths is None:
-            paths = self._list_commits_now()
-        self._read_commit_files([p for p in paths if p not in self._commits])
+        self._read_commits_before(ticket.generation)
 
     def _read_commit_files(self, new: list[str]) -> list[str]:
         for path in new:
